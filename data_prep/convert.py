@@ -1,0 +1,173 @@
+"""``jetkd convert``: jet files of any supported format -> the constituent cache (one HDF5 file per split).
+
+Memory stays bounded: inputs are streamed in rounds of about ``step_size`` jets, drawing from every input in
+proportion to its size, so a list of per-process files (JetClass) comes out mixed. Each jet's split is fixed up
+front by a seeded permutation of all jets, so splits have exact sizes and do not depend on ``step_size``.
+Within a round the jets are shuffled before they are appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jetkd import __version__
+from jetkd.data.cache import CacheWriter
+from jetkd.data.readers import count_jets, detect_format, iter_jets
+from jetkd.errors import InputError
+
+DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """``"train=0.8,val=0.1,test=0.1"`` -> ``{"train": 0.8, ...}``; fractions must be positive and sum to 1."""
+    split = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            split[name.strip()] = float(value)
+        except ValueError:
+            raise InputError("--split", f"expected NAME=FRACTION items like train=0.8,val=0.1,test=0.1, got {item!r}") from None
+    if any(not name for name in split) or any(f <= 0 for f in split.values()):
+        raise InputError("--split", f"every split needs a name and a positive fraction, got {text!r}")
+    if not math.isclose(sum(split.values()), 1.0, abs_tol=1e-6):
+        raise InputError("--split", f"fractions must sum to 1, got {sum(split.values()):.6g} from {text!r}")
+    return split
+
+
+def parse_branch_map(text: str | None) -> dict[str, str] | None:
+    """``"part_px=px,label=is_signal"`` -> ``{"part_px": "px", "label": "is_signal"}``."""
+    if not text:
+        return None
+    pairs = [item.partition("=") for item in text.split(",")]
+    if any(not key or not value for key, _, value in pairs):
+        raise InputError("--branch-map", f"expected canonical=branch items separated by commas, got {text!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def split_sizes(n_jets: int, split: dict[str, float]) -> dict[str, int]:
+    """Exact jets per split: floor of each share, the remainder to the largest fractions."""
+    sizes = {name: int(n_jets * f) for name, f in split.items()}
+    for name in sorted(split, key=split.get, reverse=True)[: n_jets - sum(sizes.values())]:
+        sizes[name] += 1
+    return sizes
+
+
+def assign_splits(n_jets: int, split: dict[str, float], seed: int) -> np.ndarray:
+    """(n_jets,) int8: the index (in ``split`` order) of the split each jet goes to, from a seeded permutation."""
+    perm = np.random.default_rng([seed, 0]).permutation(n_jets)
+    which = np.empty(n_jets, np.int8)
+    start = 0
+    for i, size in enumerate(split_sizes(n_jets, split).values()):
+        which[perm[start : start + size]] = i
+        start += size
+    return which
+
+
+def convert(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    split: dict[str, float] | None = None,
+    max_particles: int = 128,
+    seed: int = 0,
+    branch_map: dict[str, str] | None = None,
+    labels: list[str] | None = None,
+    step_size: int = 50_000,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Convert ``inputs`` into ``out_dir/<split>.h5`` and return the written paths by split name.
+
+    Constituents are ordered by decreasing pT and the leading ``max_particles`` kept. Bad input raises
+    :class:`InputError` (file, entry range, what was wrong) and leaves no output file behind.
+    """
+    split = dict(split or DEFAULT_SPLIT)
+    if max_particles < 1:
+        raise InputError("--max-particles", f"must be >= 1, got {max_particles}")
+    inputs = [str(p) for p in inputs]
+    for path in inputs:
+        if not Path(path).is_file():
+            raise InputError(path, "no such file")
+    reader_options = {"branch_map": branch_map, "labels": labels}
+    formats = [detect_format(p) for p in inputs]
+    sizes = [count_jets(p, format=f, **reader_options) for p, f in zip(inputs, formats)]
+    n_jets = sum(sizes)
+    if n_jets == 0:
+        raise InputError(", ".join(inputs), "no jets in the input")
+    which = assign_splits(n_jets, split, seed)
+    counts = split_sizes(n_jets, split)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    attrs = {
+        "sources": [str(Path(p).resolve()) for p in inputs],
+        "formats": formats,
+        "seed": seed,
+        "fractions": split,
+        "jetkd_version": __version__,
+    }
+    start = time.perf_counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = [
+                stack.enter_context(CacheWriter(out_dir / f"{name}.h5", counts[name], max_particles, {**attrs, "split": name}))
+                for name in split
+            ]
+            bar = stack.enter_context(tqdm(total=n_jets, unit="jet", desc="convert", disable=not progress))
+            shuffle_rng = np.random.default_rng([seed, 1])
+            for p4, n_particles, label, global_index in _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
+                order = shuffle_rng.permutation(len(label))
+                p4, n_particles, label, dest = p4[order], n_particles[order], label[order], which[global_index[order]]
+                for i, writer in enumerate(writers):
+                    sel = dest == i
+                    writer.append(p4[sel], n_particles[sel], label[sel])
+                bar.update(len(label))
+            paths = {name: writer.commit() for name, writer in zip(split, writers)}
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    _print_summary(paths, counts, max_particles, time.perf_counter() - start)
+    return paths
+
+
+def _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
+    """Yield ``(p4, n_particles, label, global_index)`` rounds, each drawing from every input in proportion."""
+    total = sum(sizes)
+    offsets = np.cumsum([0] + sizes[:-1])
+    streams = [
+        iter_jets(p, format=f, step_size=max(1, math.ceil(step_size * n / total)), **reader_options)
+        for p, f, n in zip(inputs, formats, sizes)
+        if n > 0
+    ]
+    offsets = [o for o, n in zip(offsets, sizes) if n > 0]
+    while streams:
+        parts, alive = [], []
+        for stream, offset in zip(streams, offsets):
+            chunk = next(stream, None)
+            if chunk is None:
+                continue
+            alive.append((stream, offset))
+            p4, n_particles = chunk.pt_ordered().padded(max_particles)
+            parts.append((p4, n_particles, chunk.label, offset + chunk.entry_start + np.arange(len(chunk))))
+        streams, offsets = [s for s, _ in alive], [o for _, o in alive]
+        if parts:
+            yield tuple(np.concatenate(cols) for cols in zip(*parts))
+
+
+def _print_summary(paths: dict[str, Path], counts: dict[str, int], max_particles: int, seconds: float) -> None:
+    from jetkd.data.summary import summarize
+
+    total = sum(counts.values())
+    print(
+        f"Converted {total} jets in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f} jets/s) into "
+        + ", ".join(f"{name} ({counts[name]})" for name in paths)
+        + f", keeping up to {max_particles} pT-ordered constituents per jet. "
+        + summarize(paths)
+        + f" Output: {Path(next(iter(paths.values()))).parent}/"
+    )

@@ -1,0 +1,1 @@
+"""Jet data: readers, the constituent cache and the training loader."""

@@ -1,0 +1,92 @@
+"""``JetArrays``: the in-memory form every reader returns, one chunk of jets from one source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+
+from jetkd import lorentz
+from jetkd.errors import InputError
+
+FIELDS = ("px", "py", "pz", "E")
+
+
+def make_p4(px, py, pz, E) -> ak.Array:
+    """Zip jagged components (GeV) into the readers' record form ``n_jets * var * {px, py, pz, E}``.
+
+    The record is named ``Momentum4D`` so that ``vector.register_awkward()`` gives it ``.pt``, ``.eta``, ...
+    Components are stored as float32.
+    """
+    comps = {name: ak.values_astype(arr, np.float32) for name, arr in zip(FIELDS, (px, py, pz, E))}
+    return ak.zip(comps, with_name="Momentum4D")
+
+
+@dataclass
+class JetArrays:
+    """A chunk of jets as read from one file.
+
+    p4:          awkward ``n_jets * var * {px, py, pz, E}`` float32 in GeV, constituents in file order.
+    label:       (n_jets,) int64 class index; -1 marks a jet whose label is missing (rejected by ``validate``).
+    source:      path of the file the jets came from.
+    entry_start: index of the first jet in that file (for error messages).
+    """
+
+    p4: ak.Array
+    label: np.ndarray
+    source: str
+    entry_start: int = 0
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def entries(self) -> tuple[int, int]:
+        """``(first, last)`` entry of this chunk in its file, inclusive."""
+        return self.entry_start, self.entry_start + len(self) - 1
+
+    @property
+    def n_particles(self) -> np.ndarray:
+        """(n_jets,) int64 number of constituents per jet."""
+        return ak.to_numpy(ak.num(self.p4, axis=1)).astype(np.int64)
+
+    @property
+    def jet_p4(self) -> np.ndarray:
+        """(n_jets, 4) float64 ``[E, px, py, pz]``: E-scheme sum of the constituents."""
+        return np.stack([ak.to_numpy(ak.sum(self.p4[f], axis=1)).astype(np.float64) for f in ("E", "px", "py", "pz")], -1)
+
+    def validate(self) -> "JetArrays":
+        """Raise :class:`InputError` naming the source and entry range for NaN/inf momenta, jets without
+        constituents, or missing labels. Returns ``self`` so readers can ``return chunk.validate()``."""
+        for name in FIELDS:
+            bad = ~ak.to_numpy(ak.all(np.isfinite(self.p4[name]), axis=1))
+            if bad.any():
+                self._fail(bad, f"non-finite (NaN/inf) constituent {name}")
+        empty = self.n_particles == 0
+        if empty.any():
+            self._fail(empty, "jet with no constituents")
+        if (self.label < 0).any():
+            self._fail(self.label < 0, "missing label")
+        return self
+
+    def _fail(self, bad: np.ndarray, what: str):
+        idx = np.flatnonzero(bad) + self.entry_start
+        raise InputError(self.source, f"{what} in {len(idx)} jet(s), first at entry {idx[0]}", entries=self.entries)
+
+    def pt_ordered(self) -> "JetArrays":
+        """The same jets with constituents sorted by decreasing pT."""
+        order = ak.argsort(lorentz.pt(self.p4), axis=1, ascending=False, stable=True)
+        return JetArrays(self.p4[order], self.label, self.source, self.entry_start)
+
+    def padded(self, max_particles: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-padded constituent tensor of the first ``max_particles`` constituents (in current order).
+
+        Returns ``p4`` (n_jets, max_particles, 4) float32 ``[E, px, py, pz]`` and ``n_particles`` (n_jets,) int64
+        (clipped to ``max_particles``).
+        """
+        cols = [
+            ak.to_numpy(ak.fill_none(ak.pad_none(self.p4[f], max_particles, axis=1, clip=True), 0.0))
+            for f in ("E", "px", "py", "pz")
+        ]
+        return np.stack(cols, -1).astype(np.float32, copy=False), np.minimum(self.n_particles, max_particles)
