@@ -118,7 +118,7 @@ def convert(
                 stack.enter_context(CacheWriter(out_dir / f"{name}.h5", counts[name], max_particles, {**attrs, "split": name}))
                 for name in split
             ]
-            bar = stack.enter_context(tqdm(total=n_jets, unit="jet", desc="convert", disable=not progress))
+            bar = stack.enter_context(tqdm(total=n_jets, unit="jet", desc="convert", disable=None if progress else True))  # None: only on a terminal
             shuffle_rng = np.random.default_rng([seed, 1])
             for p4, n_particles, label, global_index in _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
                 order = shuffle_rng.permutation(len(label))

@@ -92,25 +92,132 @@ def _run_convert(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one model (teacher or student, with or without distillation) from a YAML config",
+        description="Train one model. Runs under torchrun for DistributedDataParallel (gloo on CPU, nccl on GPU); "
+        "only rank 0 writes. The run folder gets config.yaml, last.pt, best.pt and metrics.jsonl.",
+        epilog=_examples(
+            """
+            jetkd train configs/deepset_kd_T3.yaml
+            jetkd train configs/teacher.yaml train.epochs=5 run_dir=runs/teacher_test
+            torchrun --nproc_per_node=4 -m jetkd train configs/teacher.yaml --resume
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML training config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt if it exists")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from jetkd.config import load_job
+    from jetkd.train import distributed
+    from jetkd.train.loop import Preempted, Trainer
+
+    job = load_job(args.config, args.overrides)
+    try:
+        Trainer(job, resume=args.resume).fit()
+    except Preempted as stop:
+        print(f"jetkd train: {stop}", file=sys.stderr)
+        return 143
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate trained models side by side: accuracy, AUC, 1/eps_B, boost scan, report and plots",
+        description="Evaluate checkpoints (or run folders, using their best.pt) on a test cache: accuracy, ROC AUC, "
+        "background rejection at eps_S = 0.3 and 0.5, and a Lorentz-boost scan of the constituents. Writes "
+        "report.json, report.md and PNG plots.",
+        epilog=_examples(
+            """
+            jetkd evaluate runs/teacher runs/mlp runs/mlp_kd --data cache/test.h5 --out runs/report
+            jetkd evaluate runs/deepset --data cache/test.h5 --out runs/report_z --axis 0,0,1
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("models", nargs="+", help="run folders or checkpoint files; named by their folder")
+    p.add_argument("--data", required=True, help="test split of the cache")
+    p.add_argument("--out", required=True, help="output folder for the report")
+    p.add_argument("--betas", default=",".join(f"{0.05 * i:.2f}" for i in range(20)), help="boost betas (default: 0,0.05,...,0.95)")
+    p.add_argument("--axis", default="1,0,0", help="boost axis (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from jetkd.data.cache import JetCache
+    from jetkd.data.loader import JetLoader
+    from jetkd.evaluate import evaluate_model, write_report
+    from jetkd.train.checkpoint import load_model
+
+    betas = np.array([float(b) for b in args.betas.split(",")])
+    axis = tuple(float(a) for a in args.axis.split(","))
+    if len(axis) != 3 or np.any(np.abs(betas) >= 1):
+        raise InputError("--axis/--betas", "expected a 3-vector axis and betas with |beta| < 1")
+    test = list(JetLoader(JetCache(args.data), args.batch_size, shuffle=False))
+    results = {}
+    for spec in args.models:
+        path = Path(spec)
+        name = path.name if path.is_dir() else path.parent.name
+        results[name] = evaluate_model(load_model(path), test, betas=betas, axis=axis, name=name)
+    write_report(args.out, results)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"Report and plots in {Path(args.out).resolve()}/")
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline from one config: generate, convert, teacher, students, evaluate",
+        description="Run a pipeline config (see configs/quickstart.yaml). Finished stages are skipped, so rerunning "
+        "a killed pipeline continues where it stopped.",
+        epilog=_examples("jetkd run configs/quickstart.yaml\njetkd run configs/quickstart.yaml generate.jets=20000 run_dir=runs/qs20k"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML pipeline config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from jetkd.pipeline import load_pipeline, run_pipeline
+
+    run_pipeline(load_pipeline(args.config, args.overrides))
+    return 0
+
+
 def _add_quickstart(sub) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="the whole pipeline at a size that runs in minutes on a laptop",
-        description="Generate a small top/QCD dataset with Pythia, convert it into the training cache and summarize it.",
-        epilog=_examples("jetkd quickstart\njetkd quickstart --out runs/qs --jets 4000"),
+        help="the whole pipeline at laptop size (= jetkd run configs/quickstart.yaml)",
+        description="Generate a small top/QCD dataset with Pythia, train a compact LorentzNet teacher, train MLP and "
+        "deep-set students with and without knowledge distillation, evaluate all of them (rejection and boost "
+        "robustness) and print the report. About 10 minutes on 2 CPU cores.",
+        epilog=_examples("jetkd quickstart\njetkd quickstart run_dir=runs/qs2 generate.seed=2"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
-    p.add_argument("--jets", type=int, default=4000, help="jets to generate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/quickstart.yaml")
     p.set_defaults(func=_run_quickstart)
 
 
 def _run_quickstart(args) -> int:
-    from jetkd.quickstart import quickstart
+    from jetkd.pipeline import QUICKSTART, load_pipeline, run_pipeline
 
-    quickstart(args.out, n_jets=args.jets, seed=args.seed, workers=args.workers)
+    run_pipeline(load_pipeline(QUICKSTART, args.overrides))
     return 0
 
 
@@ -125,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     _add_convert(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_run(sub)
     _add_quickstart(sub)
     return parser
 

@@ -18,20 +18,24 @@ class JetBatch:
     p4:    (B, N, 4) float32 ``[E, px, py, pz]`` in GeV, pT-ordered, zero where ``mask`` is False
     mask:  (B, N) bool, True for real constituents
     label: (B,) int64 class index
+    index: (B,) int64 row of each jet in its cache file (to look up per-jet data such as cached teacher logits)
     """
 
     p4: torch.Tensor
     mask: torch.Tensor
     label: torch.Tensor
+    index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.label.shape[0]
 
     def to(self, device, non_blocking: bool = False) -> "JetBatch":
-        return JetBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.p4, self.mask, self.label)))
+        return JetBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                          for t in (self.p4, self.mask, self.label, self.index)))
 
     @classmethod
-    def from_arrays(cls, p4: np.ndarray, n_particles: np.ndarray, label: np.ndarray, trim: bool = True) -> "JetBatch":
+    def from_arrays(cls, p4: np.ndarray, n_particles: np.ndarray, label: np.ndarray, trim: bool = True,
+                    index: np.ndarray | None = None) -> "JetBatch":
         """Build from cache rows. ``trim`` cuts the padding to the longest jet in the batch (scores never depend
         on padding length, and the teacher's cost grows with N^2)."""
         n = torch.from_numpy(np.asarray(n_particles, dtype=np.int64))
@@ -39,7 +43,8 @@ class JetBatch:
             p4 = p4[:, : int(n.max())]
         p4 = torch.from_numpy(np.ascontiguousarray(p4, dtype=np.float32))
         mask = torch.arange(p4.shape[1]) < n[:, None]
-        return cls(p4, mask, torch.from_numpy(np.asarray(label, dtype=np.int64)))
+        label = torch.from_numpy(np.asarray(label, dtype=np.int64))
+        return cls(p4, mask, label, None if index is None else torch.from_numpy(np.asarray(index, dtype=np.int64)))
 
 
 class JetLoader:
@@ -113,7 +118,7 @@ class JetLoader:
         """Batches of the current epoch, skipping the first ``start_batch`` (for resuming mid-epoch)."""
         for global_batch in self._global_batches()[start_batch:]:
             mine = np.array_split(global_batch, self.world_size)[self.rank]
-            yield JetBatch.from_arrays(*self.cache.rows(mine), trim=self.trim)
+            yield JetBatch.from_arrays(*self.cache.rows(mine), trim=self.trim, index=mine)
 
     def __iter__(self) -> Iterator[JetBatch]:
         return self.iter_from(0)

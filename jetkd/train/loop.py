@@ -1,0 +1,297 @@
+"""The one training loop, for every model and every distillation method.
+
+AdamW (optionally amsgrad), warm-up then cosine or step decay, gradient clipping, bf16 autocast on CUDA,
+DistributedDataParallel under torchrun, optional boost augmentation, and checkpoints that resume exactly:
+``last.pt`` (end of every epoch, every ``checkpoint_every`` steps, and on SIGTERM/SIGUSR1 from a batch
+scheduler) and ``best.pt`` (best validation epoch). Only rank 0 writes. A run folder holds
+``config.yaml``, ``last.pt``, ``best.pt`` and ``metrics.jsonl`` (one JSON object per epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from jetkd import __version__, lorentz
+from jetkd.config import TrainJob, to_dict
+from jetkd.data.cache import JetCache
+from jetkd.data.loader import JetBatch, JetLoader
+from jetkd.distill import StepOutputs, build_method
+from jetkd.errors import InputError
+from jetkd.evaluate import predict
+from jetkd.models import build_model
+from jetkd.train import distributed
+from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
+from jetkd.train.schedule import lr_factor
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Training stopped by a signal after writing ``last.pt``; rerun with ``--resume`` to continue."""
+
+
+class Trainer:
+    """Trains ``job.model`` with ``job.distill`` on ``job.data``; ``fit()`` runs it to the end.
+
+    Example::
+
+        job = load_job("configs/deepset_kd.yaml", ["train.epochs=5"])
+        summary = Trainer(job).fit()        # {'best_epoch': ..., 'best_val_acc': ..., 'run_dir': ...}
+    """
+
+    def __init__(self, job: TrainJob, *, resume: bool = False, progress: bool = True):
+        self.job, self.progress = job, progress
+        self.env = distributed.setup()
+        self.run_dir = Path(job.run_dir)
+        cfg = job.train
+        torch.manual_seed(cfg.seed)
+        self.train_cache = _open_cache(job.data.train, "data.train", job.data.in_memory)
+        self.val_cache = _open_cache(job.data.val, "data.val", True)
+        self.loader = JetLoader(
+            self.train_cache, cfg.batch_size, seed=cfg.seed, drop_last=True,
+            rank=self.env.rank, world_size=self.env.world_size,
+        )
+        if len(self.loader) == 0:
+            raise InputError("train.batch_size", f"{cfg.batch_size} x {self.env.world_size} processes exceeds the {len(self.train_cache)} training jets")
+        self.model = build_model(job.model).to(self.env.device)
+        self.method = build_method(job.distill).to(self.env.device)
+        self.teacher = self._load_teacher() if self.method.needs_teacher else None
+        self.teacher_logits = self._cached_teacher_logits() if self.teacher is not None and cfg.boost_beta_max == 0 else None
+        params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=job.optim.lr, betas=tuple(job.optim.betas), weight_decay=job.optim.weight_decay,
+            amsgrad=job.optim.amsgrad, eps=job.optim.eps,
+        )
+        steps, epochs = len(self.loader), cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(job.schedule, s, steps, epochs))
+        self.net = DistributedDataParallel(self.model) if self.env.world_size > 1 else self.model
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best = {"metric": cfg.select_by, "value": None, "epoch": None}
+        self._stop_requested = False
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------------- set-up
+
+    def _load_teacher(self) -> torch.nn.Module:
+        if not self.job.distill.teacher:
+            raise InputError("distill.teacher", f"method {self.job.distill.method!r} needs a teacher checkpoint")
+        teacher = load_model(self.job.distill.teacher).to(self.env.device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.eval()
+
+    def _cached_teacher_logits(self) -> torch.Tensor:
+        """(n_train, n_class) teacher logits for every training jet, computed once and stored beside the teacher
+        checkpoint (keyed by the cache file), so that every KD student of that teacher reuses them."""
+        cache_path = Path(self.job.data.train).resolve()
+        stat = cache_path.stat()
+        key = hashlib.sha1(f"{cache_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        teacher_path = Path(self.job.distill.teacher)
+        store = (teacher_path if teacher_path.is_dir() else teacher_path.parent) / f"teacher_logits_{key}.pt"
+        if store.exists():
+            return torch.load(store, map_location=self.env.device, weights_only=True)
+        loader = JetLoader(self.train_cache, self.job.train.eval_batch_size, shuffle=False)
+        with torch.no_grad(), self._autocast():
+            logits = torch.cat([self.teacher(b.p4, b.mask).float() for b in map(self._to_device, loader)])
+        if self.env.is_main:
+            save_atomic(logits.cpu(), store)
+        return logits
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            if self.env.is_main:
+                print(f"no checkpoint at {path}: starting from scratch")
+            return
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self.best = ckpt["best"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        if self.env.is_main:
+            print(f"resumed {path} at epoch {self.epoch}, step {self.step_in_epoch}")
+
+    # ------------------------------------------------------------------------- steps
+
+    def _autocast(self):
+        cuda = self.env.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.job.train.amp)
+
+    def _to_device(self, batch: JetBatch) -> JetBatch:
+        return batch.to(self.env.device, non_blocking=True)
+
+    def _augment(self, batch: JetBatch) -> JetBatch:
+        """Boost every jet by its own beta ~ U[0, beta_max) along ``boost_axis`` (teacher and student alike).
+        The betas are drawn for the whole global batch from (seed, epoch, step), so they do not depend on
+        the number of processes or on resuming."""
+        cfg = self.job.train
+        seed = np.random.SeedSequence([cfg.seed, self.epoch, self.step_in_epoch]).generate_state(1, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(seed))
+        global_beta = torch.rand(cfg.batch_size * self.env.world_size, generator=g, dtype=torch.float64) * cfg.boost_beta_max
+        beta = global_beta.view(self.env.world_size, -1)[self.env.rank][: len(batch)].to(batch.p4)
+        p4 = lorentz.boost(batch.p4, beta[:, None], cfg.boost_axis) * batch.mask[..., None]
+        return JetBatch(p4, batch.mask, batch.label, batch.index)
+
+    def train_step(self, batch: JetBatch) -> dict[str, float]:
+        """One optimiser step on one (per-process) batch; returns the loss parts."""
+        batch = self._to_device(batch)
+        if self.job.train.boost_beta_max > 0:
+            batch = self._augment(batch)
+        teacher_logits = None
+        if self.teacher_logits is not None:
+            teacher_logits = self.teacher_logits[batch.index]
+        elif self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                teacher_logits = self.teacher(batch.p4, batch.mask).float()
+        with self._autocast():
+            logits = self.net(batch.p4, batch.mask)
+        loss, parts = self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.job.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.job.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss.item(), **parts}
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss (CE), accuracy and AUC of the current model."""
+        from sklearn.metrics import roc_auc_score
+
+        loader = JetLoader(self.val_cache, self.job.train.eval_batch_size, shuffle=False)
+        scores, labels = predict(self.model, loader, device=self.env.device)
+        self.model.train()
+        loss = -np.mean(np.log(np.clip(scores[np.arange(len(labels)), labels], 1e-12, None)))
+        auc = roc_auc_score(labels, scores[:, 1]) if len(np.unique(labels)) == 2 else float("nan")
+        return {"val_loss": float(loss), "val_acc": float((scores.argmax(1) == labels).mean()), "val_auc": float(auc)}
+
+    # ------------------------------------------------------------------------- the loop
+
+    def fit(self) -> dict:
+        """Train to ``train.epochs``; returns a summary. Raises :class:`Preempted` after a stop signal."""
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.job), sort_keys=False))
+        previous = {s: signal.signal(s, self._request_stop) for s in PREEMPT_SIGNALS}
+        start = time.perf_counter()
+        try:
+            while self.epoch < self.job.train.epochs:
+                self._train_epoch()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        summary = {
+            "run_dir": str(self.run_dir),
+            "epochs": self.job.train.epochs,
+            "steps": self.global_step,
+            "best_epoch": self.best["epoch"],
+            f"best_{self.best['metric']}": self.best["value"],
+            "seconds": time.perf_counter() - start,
+        }
+        if self.env.is_main and self.progress:
+            print(
+                f"Trained {self.job.model['name']} ({_n_params(self.model):,} parameters, distillation: "
+                f"{self.job.distill.method}) for {self.job.train.epochs} epochs, {self.global_step} steps, in "
+                f"{summary['seconds']:.0f} s; best {self.best['metric']} {self.best['value']:.4f} at epoch "
+                f"{self.best['epoch']}. Checkpoints and metrics in {self.run_dir}/"
+            )
+        return summary
+
+    def _train_epoch(self) -> None:
+        self.loader.set_epoch(self.epoch)
+        self.model.train()
+        n_steps = len(self.loader)
+        bar = tqdm(total=n_steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.job.train.epochs}",
+                   unit="step", disable=None if self.progress and self.env.is_main else True, leave=False)  # None: terminals only
+        sums: dict[str, float] = {}
+        t0, jets = time.perf_counter(), 0
+        for batch in self.loader.iter_from(self.step_in_epoch):
+            parts = self.train_step(batch)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            jets += len(batch) * self.env.world_size
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update()
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", jets_per_s=f"{jets / (time.perf_counter() - t0):.0f}")
+            every = self.job.train.checkpoint_every
+            if distributed.any_rank(self._stop_requested, self.env):
+                self._save_last()
+                raise Preempted(f"stopped by signal at epoch {self.epoch}, step {self.step_in_epoch}; resume with --resume")
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < n_steps:
+                self._save_last()
+        bar.close()
+        done = max(1, self.step_in_epoch)
+        record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                  **{f"train_{k}": v / done for k, v in sums.items()}, **self.validate(),
+                  "jets_per_s": jets / max(time.perf_counter() - t0, 1e-9)}
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self._update_best(record)
+        self._save_last()
+        if self.env.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _update_best(self, record: dict) -> None:
+        metric = self.best["metric"]
+        value, old = record[metric], self.best["value"]
+        better = old is None or (value < old if metric == "val_loss" else value > old)
+        if better and not math.isnan(value):
+            self.best.update(value=value, epoch=record["epoch"])
+            if self.env.is_main:
+                save_atomic(self._state(with_optimizer=False), self.run_dir / "best.pt")
+
+    def _state(self, with_optimizer: bool = True) -> dict:
+        state = {
+            "jetkd_version": __version__,
+            "config": to_dict(self.job),
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+        }
+        if with_optimizer:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
+            )
+        return state
+
+    def _save_last(self) -> None:
+        if self.env.is_main:
+            save_atomic(self._state(), self.run_dir / "last.pt")
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+
+def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:
+    if not path:
+        raise InputError(key, "no cache file given (a split written by `jetkd convert`)")
+    if not Path(path).is_file():
+        raise InputError(key, f"{path}: no such file")
+    return JetCache(path, in_memory=in_memory)
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,24 @@
+"""Learning-rate schedules as multiplicative factors of the base rate, per optimiser step."""
+
+from __future__ import annotations
+
+import math
+
+from jetkd.config import ScheduleConfig
+
+
+def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Factor at optimiser step ``step``: linear warm-up over ``warmup_epochs``, then
+
+    cosine: half a cosine from 1 to 0 over the remaining steps; step: ``gamma ** (epoch // step_epochs)``;
+    constant: 1.
+    """
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "cosine":
+        total = max(1, epochs * steps_per_epoch - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    if cfg.name == "step":
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+    return 1.0

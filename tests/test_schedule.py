@@ -1,0 +1,25 @@
+"""Learning-rate schedules: warm-up, cosine and step decay."""
+
+import pytest
+
+from jetkd.config import ScheduleConfig
+from jetkd.train.schedule import lr_factor
+
+
+def test_warmup_then_cosine_to_zero():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1)
+    f = [lr_factor(cfg, s, steps_per_epoch=10, epochs=5) for s in range(50)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[30] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[49] < 0.01
+
+
+def test_step_decay_every_n_epochs():
+    cfg = ScheduleConfig(name="step", step_epochs=10, gamma=0.7)
+    assert lr_factor(cfg, 99, 10, 100) == 1.0
+    assert lr_factor(cfg, 100, 10, 100) == pytest.approx(0.7)
+    assert lr_factor(cfg, 250, 10, 100) == pytest.approx(0.49)
+
+
+def test_constant():
+    assert lr_factor(ScheduleConfig(name="constant"), 1234, 10, 100) == 1.0

@@ -1,0 +1,188 @@
+"""The training loop: run folder contents, exact resume after preemption, DDP == one process, cached teacher."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from jetkd.cli import main
+from jetkd.config import load_job
+from jetkd.data.cache import CacheWriter
+from jetkd.train.checkpoint import load_checkpoint, load_model
+from jetkd.train.loop import Preempted, Trainer
+
+TINY_DEEPSET = {"name": "deepset", "phi_hidden": [16, 16], "rho_hidden": [16]}
+
+
+def toy_jets(n_jets, seed, max_particles=16):
+    """Collimated jets along +x; class 1 has wider constituents (larger mass). p4 (n, M, 4) float32."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n_jets)
+    n = rng.integers(4, max_particles + 1, n_jets).astype(np.int32)
+    pt = rng.exponential(30.0, (n_jets, max_particles)) + 1.0
+    width = np.where(label == 1, 0.25, 0.08)[:, None]
+    eta, phi = rng.normal(0, 1, (2, n_jets, max_particles)) * width
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    p4 = np.stack([np.sqrt(px**2 + py**2 + pz**2), px, py, pz], -1).astype(np.float32)
+    order = np.argsort(-pt, axis=1)
+    p4 = np.take_along_axis(p4, order[..., None], 1)
+    p4[np.arange(max_particles)[None] >= n[:, None]] = 0
+    return p4, n, label
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    for name, n_jets, seed in (("train", 256, 0), ("val", 96, 1), ("test", 96, 2)):
+        with CacheWriter(root / f"{name}.h5", n_jets, 16, {"split": name}) as w:
+            w.append(*toy_jets(n_jets, seed))
+            w.commit()
+    return root
+
+
+def job_dict(cache, run_dir, **sections):
+    base = {
+        "run_dir": str(run_dir),
+        "data": {k: str(cache / f"{k}.h5") for k in ("train", "val", "test")},
+        "model": TINY_DEEPSET,
+        "train": {"epochs": 2, "batch_size": 32, "seed": 3},
+        "optim": {"lr": 3e-3},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) and key != "model" else value
+    return base
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def test_run_folder_has_config_checkpoints_and_metrics(cache, tmp_path):
+    job = load_job(data=job_dict(cache, tmp_path / "run"))
+    summary = Trainer(job, progress=False).fit()
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pt", "best.pt", "metrics.jsonl"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "val_loss", "val_acc", "val_auc", "lr", "jets_per_s"} <= records[0].keys()
+    assert summary["best_epoch"] in (1, 2) and summary["steps"] == 16
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == TINY_DEEPSET
+    model = load_model(run)
+    assert not model.training and records[-1]["val_auc"] > 0.9  # the toy classes are separable
+
+
+@pytest.mark.parametrize("extra", [{}, {"train": {"boost_beta_max": 0.6, "checkpoint_every": 3}}], ids=["plain", "boosted"])
+def test_resume_after_preemption_gives_the_same_weights(cache, tmp_path, monkeypatch, extra):
+    full = Trainer(load_job(data=job_dict(cache, tmp_path / "full", **extra)), progress=False)
+    full.fit()
+
+    job = load_job(data=job_dict(cache, tmp_path / "killed", **extra))
+    real_step = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        parts = real_step(self, batch)
+        if self.global_step == 10:  # mid-way through epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parts
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted, match="epoch 1, step 3"):
+        Trainer(job, progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["global_step"] == 11
+    Trainer(job, resume=True, progress=False).fit()
+    assert_same_weights(weights(tmp_path / "killed" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.fixture(scope="module")
+def teacher(cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher")
+    job = load_job(data=job_dict(cache, run, model={"name": "mlp", "n_constituents": 8, "hidden": [32]}))
+    Trainer(job, progress=False).fit()
+    return run / "best.pt"
+
+
+def test_kd_teacher_logits_are_computed_once_and_reused(cache, tmp_path, teacher, monkeypatch):
+    kd = {"distill": {"method": "kd", "teacher": str(teacher), "temperature": 3.0, "alpha": 0.7}}
+    first = Trainer(load_job(data=job_dict(cache, tmp_path / "a", **kd)), progress=False)
+    stored = list(teacher.parent.glob("teacher_logits_*.pt"))
+    assert len(stored) == 1
+    from jetkd.data.cache import JetCache
+    from jetkd.data.loader import JetBatch
+
+    rows = JetCache(cache / "train.h5").rows(np.arange(256))
+    batch = JetBatch.from_arrays(*rows)
+    with torch.no_grad():
+        torch.testing.assert_close(first.teacher_logits, load_model(teacher)(batch.p4, batch.mask), atol=1e-5, rtol=1e-5)
+
+    calls = []
+    second = Trainer(load_job(data=job_dict(cache, tmp_path / "b", **kd)), progress=False)
+    monkeypatch.setattr(type(second.teacher), "forward", lambda *a, **k: calls.append(1))
+    second.fit()
+    assert calls == []  # training used the stored logits only
+    torch.testing.assert_close(second.teacher_logits, first.teacher_logits)
+
+
+def test_kd_with_boost_augmentation_runs_the_teacher_each_step(cache, tmp_path, teacher):
+    job = job_dict(cache, tmp_path / "aug", train={"boost_beta_max": 0.5, "epochs": 1},
+                   distill={"method": "kd", "teacher": str(teacher), "temperature": 1.0, "alpha": 0.5})
+    trainer = Trainer(load_job(data=job), progress=False)
+    assert trainer.teacher_logits is None
+    trainer.fit()
+
+
+def test_ddp_two_processes_match_one_process(cache, tmp_path):
+    """torchrun with 2 gloo processes x batch 16 == 1 process x batch 32: same global batches, same boost
+    betas, BatchNorm statistics summed over ranks, DDP-averaged gradients.
+
+    Tolerance: float sums are reduced in another order (~1e-7 relative). The first phi layer's bias is a flat
+    direction of the loss for channels whose LeakyReLU stays linear (the BatchNorm after it cancels a shift), so
+    its gradient is pure rounding noise, which Adam normalises into full-size steps; a larger Adam eps (1e-5)
+    keeps that noise small. That bias and the BatchNorm running mean that follows it are compared through the
+    function: test-set logits agree to 1e-4. Every other weight agrees to 1e-5.
+    """
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job_dict(cache, tmp_path / "unused", train={"boost_beta_max": 0.5}, optim={"eps": 1e-5})))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    single = [sys.executable, "-m", "jetkd", "train", str(config), f"run_dir={tmp_path / 'one'}", "train.batch_size=32"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jetkd", "train",
+           str(config), f"run_dir={tmp_path / 'two'}", "train.batch_size=16"]
+    for cmd in (single, ddp):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    flat = {"phi.blocks.0.fc.bias", "phi.blocks.0.bn.running_mean"}
+    one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    assert_same_weights({k: v for k, v in two.items() if k not in flat}, {k: v for k, v in one.items() if k not in flat}, atol=1e-5)
+    from jetkd.data.cache import JetCache
+    from jetkd.data.loader import JetBatch
+
+    batch = JetBatch.from_arrays(*JetCache(cache / "test.h5").rows(np.arange(96)))
+    with torch.no_grad():
+        logits = [load_model(tmp_path / run / "last.pt")(batch.p4, batch.mask) for run in ("one", "two")]
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+
+
+def test_cli_train_bad_input_is_one_line(cache, tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job_dict(cache, tmp_path / "run", data={"train": str(tmp_path / "absent.h5")})))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.train" in err and "absent.h5" in err
+    assert main(["train", str(config), "train.epohcs=1"]) == 2
+    assert "train.epohcs: unknown key" in capsys.readouterr().err
