@@ -1,0 +1,78 @@
+"""LorentzNet / LGN-converted top-tagging HDF5 files, read with h5py.
+
+Datasets: ``Nobj`` (N,) constituent count, ``Pmu`` (N, M, 4) ``[E, px, py, pz]`` in GeV with the real
+constituents first and zero padding after ``Nobj[i]``, ``is_signal`` (N,) 1 = top. Other datasets (``truth_Pmu``,
+``jet_pt``, ``label``, ...) are ignored. ``branch_map`` keys: ``Pmu``, ``Nobj``, ``label`` (default ``is_signal``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from jetkd.data.arrays import JetArrays
+from jetkd.data.readers._common import (check_step_size, chunk_ranges, class_index, name_list, no_labels, options,
+                                        p4_from_padded, reading)
+from jetkd.errors import InputError
+
+DEFAULTS = {"Pmu": "Pmu", "Nobj": "Nobj", "label": "is_signal"}
+
+
+def sniff(h5: h5py.File) -> bool:
+    """Whether an open HDF5 file has the LorentzNet datasets ``Pmu`` and ``Nobj``."""
+    return isinstance(h5.get("Pmu"), h5py.Dataset) and isinstance(h5.get("Nobj"), h5py.Dataset)
+
+
+def _datasets(path: str, h5: h5py.File, opts: dict) -> tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """``(Pmu, Nobj, label)`` datasets, with their shapes checked against each other."""
+    found = []
+    for key in ("Pmu", "Nobj", "label"):
+        ds = h5.get(opts[key])
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(path, f"no dataset {opts[key]!r}; datasets: "
+                                   f"{name_list(k for k in h5 if isinstance(h5[k], h5py.Dataset))}")
+        found.append(ds)
+    pmu, nobj, label = found
+    if pmu.ndim != 3 or pmu.shape[2] != 4:
+        raise InputError(path, f"dataset {pmu.name!r} must have shape (n_jets, max_particles, 4), got {pmu.shape}")
+    for ds in (nobj, label):
+        if ds.shape != (pmu.shape[0],):
+            raise InputError(path, f"dataset {ds.name!r} must have shape ({pmu.shape[0]},) like {pmu.name!r}, got {ds.shape}")
+    return pmu, nobj, label
+
+
+def _open(path: str) -> h5py.File:
+    with reading(path, what="cannot open the HDF5 file"):
+        return h5py.File(path, "r")
+
+
+def count(path, branch_map=None, labels=None) -> int:
+    """Number of jets: the length of ``Nobj`` (dataset shape)."""
+    path, opts = str(path), options(branch_map, DEFAULTS, "lgn")
+    no_labels(labels, path, "lgn", opts["label"])
+    with _open(path) as h5:
+        return int(_datasets(path, h5, opts)[1].shape[0])
+
+
+def iterate(path, step_size: int = 100_000, branch_map=None, labels=None) -> Iterator[JetArrays]:
+    """Yield validated :class:`JetArrays` chunks of at most ``step_size`` jets, in file order."""
+    path, step = str(path), check_step_size(step_size)
+    opts = options(branch_map, DEFAULTS, "lgn")
+    no_labels(labels, path, "lgn", opts["label"])
+    with _open(path) as h5:
+        pmu_ds, nobj_ds, label_ds = _datasets(path, h5, opts)
+        max_particles = pmu_ds.shape[1]
+        for start, stop in chunk_ranges(nobj_ds.shape[0], step):
+            entries = (start, stop - 1)
+            with reading(path, entries, what="cannot read the datasets"):
+                pmu, nobj, label = pmu_ds[start:stop], nobj_ds[start:stop], label_ds[start:stop]
+            nobj = class_index(nobj, path, entries, opts["Nobj"])  # same integer checks as a label
+            bad = (nobj < 0) | (nobj > max_particles)
+            if bad.any():
+                raise InputError(path, f"{opts['Nobj']} must be in [0, {max_particles}], got {nobj[bad][0]} at entry "
+                                       f"{start + int(np.flatnonzero(bad)[0])}", entries=entries)
+            keep = np.arange(max_particles) < nobj[:, None]
+            p4 = p4_from_padded(pmu[..., 0], pmu[..., 1], pmu[..., 2], pmu[..., 3], keep)
+            yield JetArrays(p4, class_index(label, path, entries, opts["label"]), path, start).validate()
