@@ -16,10 +16,10 @@ for derived angles, so nothing downstream sees NaN from zero padding.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
-import torch
 
 Array = Any  # torch.Tensor | np.ndarray | ak.Array
 
@@ -27,8 +27,12 @@ Array = Any  # torch.Tensor | np.ndarray | ak.Array
 
 
 def _xp(x: Array):
-    """The array namespace for ``x``: torch for tensors, numpy otherwise (awkward dispatches numpy ufuncs)."""
-    return torch if isinstance(x, torch.Tensor) else np
+    """The array namespace for ``x``: torch for tensors, numpy otherwise (awkward dispatches numpy ufuncs).
+
+    torch is never imported here (a tensor can only exist once it is), so numpy users such as the
+    generator's worker processes start fast."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(x, torch.Tensor) else np
 
 
 def components(p4: Array) -> tuple[Array, Array, Array, Array]:
@@ -39,14 +43,14 @@ def components(p4: Array) -> tuple[Array, Array, Array, Array]:
 
 
 def _stack(xp, parts) -> Array:
-    return torch.stack(parts, dim=-1) if xp is torch else np.stack(parts, axis=-1)
+    return np.stack(parts, axis=-1) if xp is np else xp.stack(parts, dim=-1)
 
 
 def _like(xp, value, ref: Array) -> Array:
     """``value`` as an array of ``ref``'s kind, dtype and device."""
-    if xp is torch:
-        return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
-    return np.asarray(value, dtype=ref.dtype)
+    if xp is np:
+        return np.asarray(value, dtype=ref.dtype)
+    return xp.as_tensor(value, dtype=ref.dtype, device=ref.device)
 
 
 def _unit_axis(xp, axis, ref: Array) -> tuple[Array, Array, Array]:
@@ -195,14 +199,18 @@ def rotate(p4: Array, angle: float | Array, axis=(0.0, 0.0, 1.0)) -> Array:
     )
 
 
-def boost_matrix(beta: float, axis=(1.0, 0.0, 0.0), dtype=torch.float64) -> torch.Tensor:
-    """The (4, 4) matrix ``L`` of :func:`boost`, acting as ``p4 @ L.T``."""
-    return boost(torch.eye(4, dtype=dtype), beta, axis).T
+def boost_matrix(beta: float, axis=(1.0, 0.0, 0.0), dtype=None):
+    """The (4, 4) float64 torch matrix ``L`` of :func:`boost`, acting as ``p4 @ L.T``."""
+    import torch
+
+    return boost(torch.eye(4, dtype=dtype or torch.float64), beta, axis).T
 
 
-def rotation_matrix(angle: float, axis=(0.0, 0.0, 1.0), dtype=torch.float64) -> torch.Tensor:
-    """The (4, 4) matrix ``R`` of :func:`rotate`, acting as ``p4 @ R.T``."""
-    return rotate(torch.eye(4, dtype=dtype), angle, axis).T
+def rotation_matrix(angle: float, axis=(0.0, 0.0, 1.0), dtype=None):
+    """The (4, 4) float64 torch matrix ``R`` of :func:`rotate`, acting as ``p4 @ R.T``."""
+    import torch
+
+    return rotate(torch.eye(4, dtype=dtype or torch.float64), angle, axis).T
 
 
 def transform(p4: Array, matrix: Array) -> Array:
