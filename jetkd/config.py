@@ -160,6 +160,7 @@ def to_dict(obj) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file as a dict. ``extends: other.yaml`` (relative to this file) starts from that file's content."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -169,6 +170,8 @@ def read_yaml(path: str | Path) -> dict:
         raise InputError(str(path), f"not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(str(path), "a config file must hold a mapping of sections")
+    if "extends" in data:
+        data = merge(read_yaml(path.parent / data.pop("extends")), data)
     return data
 
 
