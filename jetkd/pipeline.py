@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def _data_paths(pipe: Pipeline, run_dir: Path) -> DataConfig:
 
 def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
     """Run every stage and return the run folder (with ``report.md``)."""
-    from jetkd.evaluate import evaluate_model, write_report
+    from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
     from jetkd.train.checkpoint import load_model
     from jetkd.train.loop import Trainer
 
@@ -126,9 +127,11 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
 
     test = list(JetLoader(JetCache(_data_paths(pipe, run_dir).test), pipe.evaluate.batch_size, shuffle=False))
     results = {}
-    for name in ["teacher", *pipe.students]:
-        model = load_model(run_dir / name)
-        results[name] = evaluate_model(model, test, betas=np.asarray(pipe.evaluate.betas), axis=tuple(pipe.evaluate.axis), name=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md
+        for name in ["teacher", *pipe.students]:
+            results[name] = evaluate_model(load_model(run_dir / name), test, betas=np.asarray(pipe.evaluate.betas),
+                                           axis=tuple(pipe.evaluate.axis), name=name, device=_device())
     write_report(run_dir, results)
     print(f"\nPipeline finished in {time.perf_counter() - start:.0f} s.\n")
     print((run_dir / "report.md").read_text())
@@ -156,6 +159,12 @@ def _finished(job_dir: Path, epochs: int) -> bool:
         return False
     lines = metrics.read_text().splitlines()
     return bool(lines) and int(json.loads(lines[-1])["epoch"]) >= epochs
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _stage(text: str) -> None:
