@@ -148,7 +148,8 @@ def _make_data(pipe: Pipeline, run_dir: Path) -> None:
     if not root.exists():
         _stage(f"generating {gen.jets} jets")
         generate(root, n_jets=gen.jets, seed=gen.seed, workers=gen.workers or None, massless=gen.massless)
-    if not all(Path(p).exists() for p in vars(_data_paths(pipe, run_dir)).values()):
+    data = _data_paths(pipe, run_dir)
+    if not all(Path(path).exists() for path in (data.train, data.val, data.test)):
         _stage("converting into the training cache")
         convert([root], run_dir / "cache", split=conv.split, max_particles=conv.max_particles, seed=conv.seed)
 
