@@ -50,6 +50,14 @@ def reading(path, entries: tuple[int, int] | None = None, what: str = "cannot re
                          entries=entries) from err
 
 
+def open_hdf5(path: str):
+    """``h5py.File(path, "r")``, a truncated or foreign file becoming an InputError naming it."""
+    import h5py
+
+    with reading(path, what="cannot open the HDF5 file"):
+        return h5py.File(path, "r")
+
+
 def check_step_size(step_size) -> int:
     """``step_size`` as a positive int (jets per chunk)."""
     if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from jetkd.data.arrays import JetArrays
-from jetkd.data.readers._common import (check_step_size, chunk_ranges, class_index, name_list, no_labels, options,
+from jetkd.data.readers._common import (open_hdf5, check_step_size, chunk_ranges, class_index, name_list, no_labels, options,
                                         p4_from_padded, reading)
 from jetkd.errors import InputError
 
@@ -43,16 +43,11 @@ def _datasets(path: str, h5: h5py.File, opts: dict) -> tuple[h5py.Dataset, h5py.
     return pmu, nobj, label
 
 
-def _open(path: str) -> h5py.File:
-    with reading(path, what="cannot open the HDF5 file"):
-        return h5py.File(path, "r")
-
-
 def count(path, branch_map=None, labels=None) -> int:
     """Number of jets: the length of ``Nobj`` (dataset shape)."""
     path, opts = str(path), options(branch_map, DEFAULTS, "lgn")
     no_labels(labels, path, "lgn", opts["label"])
-    with _open(path) as h5:
+    with open_hdf5(path) as h5:
         return int(_datasets(path, h5, opts)[1].shape[0])
 
 
@@ -61,7 +56,7 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None) -> Ite
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "lgn")
     no_labels(labels, path, "lgn", opts["label"])
-    with _open(path) as h5:
+    with open_hdf5(path) as h5:
         pmu_ds, nobj_ds, label_ds = _datasets(path, h5, opts)
         max_particles = pmu_ds.shape[1]
         for start, stop in chunk_ranges(nobj_ds.shape[0], step):

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from jetkd.data.arrays import JetArrays
-from jetkd.data.readers._common import (check_step_size, chunk_ranges, class_index, name_list, no_labels, options,
+from jetkd.data.readers._common import (open_hdf5, check_step_size, chunk_ranges, class_index, name_list, no_labels, options,
                                         p4_from_padded, reading)
 from jetkd.errors import InputError
 
@@ -169,16 +169,11 @@ def _gather(rows, locs: list[tuple[str, int | None]]) -> np.ndarray:
 # ----------------------------------------------------------------------------- reading
 
 
-def _open(path: str) -> h5py.File:
-    with reading(path, what="cannot open the HDF5 file"):
-        return h5py.File(path, "r")
-
-
 def count(path, branch_map=None, labels=None) -> int:
     """Number of jets: the table's row count (HDF5 dataset shape)."""
     path, opts = str(path), options(branch_map, DEFAULTS, "toptagging")
     no_labels(labels, path, "toptagging", opts["label"])
-    with _open(path) as h5:
+    with open_hdf5(path) as h5:
         return len(_Table(path, h5, opts["key"], opts["label"]))
 
 
@@ -187,7 +182,7 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None) -> Ite
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "toptagging")
     no_labels(labels, path, "toptagging", opts["label"])
-    with _open(path) as h5:
+    with open_hdf5(path) as h5:
         table = _Table(path, h5, opts["key"], opts["label"])
         for start, stop in chunk_ranges(len(table), step):
             cols = table.read(start, stop)
