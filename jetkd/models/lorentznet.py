@@ -1,0 +1,326 @@
+"""LorentzNet, the teacher: a Lorentz-equivariant graph network for jet tagging.
+
+Gong, Meng, Qi, Zhang, Cao, Liu, Wang, Yang, Li: "An efficient Lorentz equivariant graph neural network for
+jet tagging", JHEP 07 (2022) 030, arXiv:2201.08187. Same equations and module names as the authors' code
+(LorentzNet-release), so its published state dict loads 1:1 (:func:`load_published`), but computed DENSE:
+each jet is a padded set of nodes, its edges a grid of node pairs, and masks (no index lists) say which nodes
+and pairs are real. Padding never enters a sum, a mean, a BatchNorm statistic or the pooled jet vector, so a
+jet's logits depend neither on the padding length nor on the other jets of its batch.
+
+Graph of one jet with n constituents: M = n + 2 nodes, the two beam particles first, fully connected over
+real nodes without self edges. Per node a four-vector x_i (GeV; moved equivariantly by every block but the
+last) and features h_i (C = n_hidden; invariant). Edges see x only through the Minkowski invariants
+||x_i - x_j||^2 and <x_i, x_j>, so h and the logits are unchanged by any Lorentz transformation applied to the
+constituents and the beams together. With the beams fixed only the transformations that fix both beams
+remain: rotations about the beam (z) axis. Boosts change the output. Exactly so while the original's clamp of
+the coordinate step to +-100 (per component) is inactive: the published checkpoint does hit it on real jets
+(|phi_x| up to ~8, |x_i - x_j| ~ 100 GeV), so its invariance is approximate, as the original's was.
+
+Cost. The per-pair tensors (pairs, C) are the big ones; two ideas keep them few and small:
+  * phi_e's first Linear on [h_i, h_j, e_ij] is W_a h_i + W_b h_j + W_e e_ij: two per-node projections broadcast
+    over the grid; its BatchNorm, an affine map per channel, folds into them. The BatchNorm statistics over
+    real pairs are moments of that sum, computed from per-node sums (degrees, row sums of e, w @ b) without
+    materialising the pre-activation, so the first big tensor built is the ReLU input itself.
+  * jets are sorted by length and cut into a few groups, each padded to its own longest jet (one dense
+    (b, L, L) grid per group, not one (B, M, M) grid for the batch): a batch of 32 realistic jets (~55
+    constituents, up to ~125) then holds ~1.1x its real pairs on CPU instead of ~2.8x; each group costs a few
+    dozen small ops more (see :func:`default_group_cost`). Node tensors stay (B, M, C) in batch order (what
+    hooks see); the grouping is invisible outside a block.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jetkd.models.layers import MaskedBatchNorm1d, _all_reduce_sum
+
+# The two beam particles of the original code, (sqrt(1 + m^2), 0, 0, +-1) with m = 1, in GeV.
+BEAMS = ((math.sqrt(2.0), 0.0, 0.0, 1.0), (math.sqrt(2.0), 0.0, 0.0, -1.0))
+
+
+def mdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Minkowski product ``a . b`` of (..., 4) tensors, rounded exactly as the original code rounds it.
+
+    Mathematically :func:`jetkd.lorentz.minkowski_dot`; evaluated as ``2 a_E b_E - sum_mu a_mu b_mu``
+    (the original ``normsq4`` / ``dotsq4``). The published checkpoint needs this: its inputs were
+    (nearly) massless constituents, whose float32 ``p^2`` is rounding noise, and it learned from that noise.
+    Rounded the ``lorentz.minkowski_dot`` way, its logits on the reference jets move by up to ~1.4 (masses)
+    and ~0.04 (edge invariants) instead of < 1e-4. In float64 the two agree to rounding.
+    """
+    ab = a * b
+    return 2 * ab[..., 0] - ab.sum(dim=-1)
+
+
+def psi(x: torch.Tensor) -> torch.Tensor:
+    """``sign(x) * log(|x| + 1)``: compresses GeV-scale invariants spanning many decades; odd and monotone."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def graph_inputs(p4: torch.Tensor, mask: torch.Tensor, beams: torch.Tensor | None = None):
+    """The nodes of each jet: beams prepended to the constituents.
+
+    p4: (B, N, 4) ``[E, px, py, pz]`` GeV, zero-padded; mask: (B, N) bool;
+    beams: None (the fixed beams :data:`BEAMS`), (2, 4) or (B, 2, 4) four-vectors to use instead.
+    Returns ``(x, s, node_mask)``: x (B, M, 4) node four-vectors (0 on padding), s (B, M, 2) node scalars
+    ``psi([m if particle else 0, m if beam else 0])`` with ``m = sqrt(|p^2|)``, node_mask (B, M); M = N + 2.
+    """
+    B, N, _ = p4.shape
+    beams = torch.as_tensor(BEAMS if beams is None else beams, dtype=p4.dtype, device=p4.device)
+    x = torch.cat([beams.expand(B, 2, 4), torch.where(mask[..., None], p4, 0.0)], dim=1)
+    node_mask = torch.cat([mask.new_ones(B, 2), mask], dim=1)
+    m = mdot(x, x).abs().sqrt()  # sqrt(|p^2|) as the original: float rounding gives massless p^2 either sign
+    is_beam = torch.arange(N + 2, device=p4.device) < 2
+    s = torch.stack([torch.where(is_beam, 0.0, m), torch.where(is_beam, m, 0.0)], dim=-1)
+    return x, psi(s), node_mask
+
+
+class PairGrid:
+    """The edges of a padded batch as a few dense grids: jets sorted by length, cut into groups.
+
+    node_mask: (B, M) bool. A jet's length is its last real node + 1; group g holds jets ``idx[g]`` (b_g,)
+    padded to its longest, L_g, and its pairs form the (b_g, L_g, L_g) grid ``x[idx[g], :L_g]`` against itself.
+    The cut minimises ``sum_g (b_g L_g^2 + group_cost)`` (padded pairs plus a per-group overhead, in pairs) by
+    dynamic programming over the sorted lengths; ``group_cost=inf`` gives one (B, M, M) grid.
+    Per group: ``w[g]`` (b, L, L) 1.0 for real pairs i != j, ``deg[g]`` (b, L, 1) real neighbours (>= 1);
+    ``degree`` (B, M, 1) real neighbours of every node (0 on padding).
+    """
+
+    def __init__(self, node_mask: torch.Tensor, group_cost: float):
+        B, M = node_mask.shape
+        self.shape = (B, M)
+        plan = [(None, M)]  # one grid, batch order
+        if not math.isinf(group_cost):  # one host sync: the lengths decide the tensor shapes
+            pos = torch.arange(1, M + 1, device=node_mask.device)
+            lengths = (node_mask * pos).amax(1).cpu().numpy()
+            order = np.argsort(lengths, kind="stable")
+            cuts = _cut(lengths[order], group_cost)
+            if len(cuts) == 1:
+                plan = [(None, int(lengths.max()))]
+            else:
+                plan = [(torch.from_numpy(order[i:j]).to(node_mask.device), int(lengths[order[j - 1]])) for i, j in cuts]
+                self.inverse = torch.from_numpy(np.argsort(order)).to(node_mask.device)
+        self.idx, self.lengths = [idx for idx, _ in plan], [L for _, L in plan]
+        self.w, self.deg = [], []
+        for g, L in enumerate(self.lengths):
+            nm = self.take(node_mask, g)
+            eye = torch.eye(L, dtype=torch.bool, device=nm.device)
+            w = (nm[:, :, None] & nm[:, None, :] & ~eye).to(torch.get_default_dtype())
+            self.w.append(w)
+            self.deg.append(w.sum(2, keepdim=True).clamp(min=1.0))
+        self.degree = self.put([w.sum(2, keepdim=True) for w in self.w])  # (B, M, 1), 0 on padding
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, t: torch.Tensor, g: int) -> torch.Tensor:
+        """Group g's rows of a node tensor: (B, M, ...) -> (b_g, L_g, ...)."""
+        L = self.lengths[g]
+        if self.idx[g] is None:
+            return t if L == t.shape[1] else t[:, :L]
+        return t[self.idx[g], :L]
+
+    def put(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`take` for node tensors: per-group (b_g, L_g, D) -> (B, M, D), 0 beyond L_g."""
+        M = self.shape[1]
+        padded = [F.pad(p, (0, 0, 0, M - p.shape[1])) if p.shape[1] < M else p for p in parts]
+        return padded[0] if self.idx[0] is None else torch.cat(padded, 0)[self.inverse]
+
+
+def default_group_cost(device: torch.device) -> float:
+    """Overhead of one more group of the pair grid, in pairs (measured: 2 CPU cores; H100, batches 32..512).
+    On CPU a pair costs ~10 us per training step and a group ~100 more small ops; on a GPU pairs are cheap
+    and kernel launches dominate, so few groups."""
+    return 2048.0 if device.type == "cpu" else 262144.0
+
+
+def _cut(lengths: np.ndarray, group_cost: float) -> list[tuple[int, int]]:
+    """Optimal cut of ascending ``lengths`` into contiguous groups ``[i, j)``: cost sum (j - i) L_{j-1}^2 + group_cost."""
+    n = len(lengths)
+    best, prev = np.zeros(n + 1), np.zeros(n + 1, dtype=int)
+    sq = lengths.astype(np.float64) ** 2
+    for j in range(1, n + 1):
+        cost = best[:j] + (j - np.arange(j)) * sq[j - 1] + group_cost
+        prev[j] = int(np.argmin(cost))
+        best[j] = cost[prev[j]]
+    cuts, j = [], n
+    while j > 0:
+        cuts.append((prev[j], j))
+        j = prev[j]
+    return cuts[::-1]
+
+
+class PairBatchNorm(MaskedBatchNorm1d):
+    """The BatchNorm of phi_e, folded into the Linear before it (same parameters, buffers and keys).
+
+    :meth:`fold` turns batch moments of the pre-activation over the real pairs (training; summed over
+    DDP ranks like :class:`MaskedBatchNorm1d`, whose running-statistics update it repeats) or the running
+    statistics (eval) into the per-channel map of the normalisation, ``y = (x - mean) * scale + bias``.
+    """
+
+    def fold(self, count=None, total=None, centred_sq=None):
+        """count: () real pairs; total: (C,) sum of x; centred_sq(mean) -> (C,) sum of (x - mean)^2
+        (training only). Returns ``(mean, scale)``, each (C,)."""
+        if self.training:
+            count = _all_reduce_sum(count)
+            mean = _all_reduce_sum(total) / count
+            var = (_all_reduce_sum(centred_sq(mean)) / count).clamp(min=0.0)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return mean, self.weight * torch.rsqrt(var + self.eps)
+
+
+class LGEB(nn.Module):
+    """Lorentz group equivariant block: message passing over all real node pairs.
+
+    m_ij = phi_e([h_i, h_j, psi(||x_i - x_j||^2), psi(<x_i, x_j>)]) * phi_m(m_ij)    (edge message, gated)
+    x_i <- x_i + c_weight * mean_{j != i} clamp((x_i - x_j) phi_x(m_ij), -100, 100)  (not in the last block)
+    h_i <- h_i + phi_h([h_i, sum_{j != i} m_ij, s_i])
+    """
+
+    def __init__(self, n_hidden: int, n_scalar: int, c_weight: float, last_layer: bool = False):
+        super().__init__()
+        C = n_hidden
+        self.c_weight, self.last_layer = c_weight, last_layer
+        # Indices match the original's nn.Sequential, so state-dict keys map 1:1. The containers are never
+        # called whole (BatchNorms need masks); forward calls the members, so hooks on them fire, except on
+        # phi_e.0 and phi_e.1, whose Linear and BatchNorm are applied folded (weights read directly).
+        self.phi_e = nn.Sequential(nn.Linear(2 * C + 2, C, bias=False), PairBatchNorm(C), nn.ReLU(inplace=True),
+                                   nn.Linear(C, C), nn.ReLU(inplace=True))
+        self.phi_h = nn.Sequential(nn.Linear(2 * C + n_scalar, C), MaskedBatchNorm1d(C), nn.ReLU(), nn.Linear(C, C))
+        self.phi_m = nn.Sequential(nn.Linear(C, 1), nn.Sigmoid())
+        if not last_layer:
+            out = nn.Linear(C, 1, bias=False)
+            nn.init.xavier_uniform_(out.weight, gain=0.001)  # as the original (EGNN): tiny coordinate steps at init
+            self.phi_x = nn.Sequential(nn.Linear(C, C), nn.ReLU(inplace=True), out)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, s: torch.Tensor, node_mask: torch.Tensor, grid: PairGrid):
+        """h: (B, M, C); x: (B, M, 4) GeV; s: (B, M, n_scalar); node_mask: (B, M) bool; grid: the pair layout.
+        Returns the updated ``(h, x)``, same shapes (rows of padding nodes are meaningless)."""
+        C = h.shape[-1]
+        w_a, w_b, w_e = self.phi_e[0].weight.split([C, C, 2], dim=1)
+        a, b = F.linear(h, w_a), F.linear(h, w_b)  # (B, M, C): the node halves of phi_e.0
+        # Edge invariants of each group, from the coordinates the previous block left.
+        x_diff, e = [], []
+        for g in range(len(grid)):
+            xg = grid.take(x, g)
+            x_diff.append(xg[:, :, None, :] - xg[:, None, :, :])  # (b, L, L, 4)
+            norms = mdot(x_diff[g], x_diff[g])  # ||x_i - x_j||^2
+            dots = mdot(xg[:, :, None, :], xg[:, None, :, :])  # <x_i, x_j>
+            e.append(psi(torch.stack([norms, dots], dim=-1)))  # (b, L, L, 2)
+
+        # BatchNorm of pre_ij = a_i + b_j + W_e e_ij over the real pairs, folded into a, b and W_e.
+        with torch.autocast(h.device.type, enabled=False):  # statistics in at least float32
+            dt = torch.promote_types(h.dtype, torch.float32)
+            a32, b32, w_e32 = a.to(dt), b.to(dt), w_e.to(dt)
+            mean, scale = self.phi_e[1].fold(*self._moments(a32, b32, w_e32, e, grid))
+            a_fold = (a32 - mean) * scale + self.phi_e[1].bias  # (B, M, C)
+            b_fold = b32 * scale
+            w_e_fold = w_e32 * scale[:, None]  # (C, 2)
+
+        agg, dx = [], []
+        for g in range(len(grid)):
+            w = grid.w[g].to(h.dtype)
+            m = F.linear(e[g], w_e_fold.to(h.dtype))  # (b, L, L, C), fresh: add into it in place
+            m += grid.take(a_fold, g)[:, :, None].to(m.dtype)
+            m += grid.take(b_fold, g)[:, None, :].to(m.dtype)
+            m = self.phi_e[4](self.phi_e[3](self.phi_e[2](m)))
+            m = m * self.phi_m(m)  # gate in (0, 1)
+            agg.append(torch.einsum("bij,bijc->bic", w.to(m.dtype), m))  # sum over real j: batched matmul
+            if not self.last_layer:
+                # Equivariant coordinate step: mean of relative four-vectors weighted by an invariant, kept in
+                # the coordinates' precision (GeV four-vectors; under autocast too).
+                trans = (x_diff[g] * self.phi_x(m).to(x.dtype)).clamp(-100.0, 100.0)  # (b, L, L, 4)
+                dx.append((trans * w[..., None].to(x.dtype)).sum(2) / grid.deg[g].to(x.dtype))
+        if not self.last_layer:
+            x = x + self.c_weight * grid.put(dx)
+
+        phi_h = self.phi_h
+        dh = phi_h[0](torch.cat([h, grid.put(agg).to(h.dtype), s.to(h.dtype)], dim=-1))
+        dh = phi_h[3](phi_h[2](phi_h[1](dh, node_mask)))
+        return h + dh, x
+
+    def _moments(self, a, b, w_e, e, grid: PairGrid):
+        """Moments over real pairs of pre_ij = a_i + b_j + u_ij, u_ij = W_e e_ij, from per-node sums (no pair
+        tensor of width C): ``(count, total, centred_sq)`` for :meth:`PairBatchNorm.fold`. Uses that the pair
+        mask w and the invariants e are symmetric in (i, j) (exactly, also in floating point), so row sums
+        serve for columns too. In eval mode returns nothing (running statistics are used)."""
+        if not self.phi_e[1].training:
+            return ()
+        # Per group: row sums of e and of b over real neighbours, and sum_ij w e e^T.
+        r, wb, see = [], [], 0.0
+        for g in range(len(grid)):
+            w, eg = grid.w[g].to(a.dtype), e[g].to(a.dtype)
+            r.append(torch.einsum("bij,bijk->bik", w, eg))  # (b, L, 2)
+            wb.append(torch.bmm(w, grid.take(b, g)))  # (b, L, C): sum_j w_ij b_j
+            ew = (eg * w[..., None]).reshape(-1, 2)
+            see = see + ew.T @ eg.reshape(-1, 2)  # (2, 2)
+        deg = grid.degree.to(a.dtype)  # (B, M, 1) real neighbours, 0 on padding
+        u = grid.put(r) @ w_e.T  # (B, M, C): sum_j u_ij
+        wb = grid.put(wb)
+
+        def centred_sq(mean):
+            # sum_ij w (a~_i + b_j + u_ij)^2 with a~ = a - mean, expanded into per-node sums
+            at = a - mean
+            per_node = deg * (at * at + b * b) + 2 * at * wb + 2 * (at + b) * u
+            return per_node.sum((0, 1)) + ((w_e @ see) * w_e).sum(1)
+
+        return deg.sum(), (deg * (a + b) + u).sum((0, 1)), centred_sq
+
+
+class LorentzNet(nn.Module):
+    """LorentzNet jet tagger on raw four-vectors: ``model(p4, mask) -> logits``.
+
+    n_scalar: node scalars (2: particle mass, beam mass); n_hidden: C; n_class: outputs; n_layers: LGEBs;
+    c_weight: coordinate step size; dropout: before the last decoder layer. Defaults: the published
+    top-tagging configuration. ``group_cost`` (attribute, in pairs): overhead per length group of the pair
+    grid (see :class:`PairGrid`); None picks one per device, ``math.inf`` gives one padded (B, M, M) grid.
+    """
+
+    group_cost: float | None = None
+
+    def __init__(self, n_scalar: int = 2, n_hidden: int = 72, n_class: int = 2, n_layers: int = 6,
+                 c_weight: float = 5e-3, dropout: float = 0.2):
+        super().__init__()
+        self.n_scalar, self.n_hidden, self.n_layers = n_scalar, n_hidden, n_layers
+        self.embedding = nn.Linear(n_scalar, n_hidden)
+        self.LGEBs = nn.ModuleList(
+            LGEB(n_hidden, n_scalar, c_weight, last_layer=(i == n_layers - 1)) for i in range(n_layers))
+        self.graph_dec = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                       nn.Linear(n_hidden, n_class))
+
+    def forward(self, p4: torch.Tensor, mask: torch.Tensor, beams: torch.Tensor | None = None) -> torch.Tensor:
+        """p4: (B, N, 4) ``[E, px, py, pz]`` GeV zero-padded; mask: (B, N) bool; beams: optional (2, 4) or
+        (B, 2, 4) beam four-vectors replacing :data:`BEAMS` (to transform them with the constituents).
+        Returns logits (B, n_class)."""
+        x, s, node_mask = graph_inputs(p4, mask, beams)
+        cost = default_group_cost(x.device) if self.group_cost is None else self.group_cost
+        grid = PairGrid(node_mask, cost)
+        h = self.embedding(s)  # (B, M, C)
+        for block in self.LGEBs:
+            h, x = block(h, x, s, node_mask, grid)
+        # Mean over real nodes, beams included (the original averages over the padded length instead).
+        w = node_mask.to(h.dtype)[..., None]
+        h = (h * w).sum(1) / w.sum(1)
+        return self.graph_dec(h)
+
+
+def load_published(path: str | Path, **kwargs) -> LorentzNet:
+    """The published top-tagging checkpoint (``best-val-model.pt`` of LorentzNet-release) as a LorentzNet in
+    eval mode. ``kwargs`` override the hyperparameters it was trained with (e.g. ``dropout``)."""
+    hparams = dict(n_scalar=2, n_hidden=72, n_class=2, n_layers=6, c_weight=0.005, dropout=0.2) | kwargs
+    model = LorentzNet(**hparams)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
