@@ -216,7 +216,7 @@ def _add_quickstart(sub) -> None:
         help="the whole pipeline at laptop size (= jetkd run configs/quickstart.yaml)",
         description="Generate a small top/QCD dataset with Pythia, train a compact LorentzNet teacher, train MLP and "
         "deep-set students with and without knowledge distillation, evaluate all of them (rejection and boost "
-        "robustness) and print the report. About 10 minutes on 2 CPU cores.",
+        "robustness) and print the report. 10-12 minutes on 2 CPU cores.",
         epilog=_examples("jetkd quickstart\njetkd quickstart run_dir=runs/qs2 generate.seed=2"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
