@@ -26,7 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jetkd.models.lorentznet import LorentzNet, PairGrid, default_group_cost, graph_inputs, mdot, psi
+from jetkd.models.lorentznet import (
+    LorentzNet,
+    PairGrid,
+    default_group_cost,
+    graph_inputs,
+    mdot,
+    psi,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "../shared/reference/lorentznet_top_parity.npz"
 
@@ -75,7 +82,7 @@ def make_batches(p4: np.ndarray, n: np.ndarray, batch_size: int, count: int, see
 
 def edge_index(node_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices ``(i, j)`` of all real node pairs i != j of each jet, nodes numbered ``b * M + k``."""
-    B, M = node_mask.shape
+    M = node_mask.shape[1]
     adj = node_mask[:, :, None] & node_mask[:, None, :] & ~torch.eye(M, dtype=torch.bool, device=node_mask.device)
     b, i, j = adj.nonzero(as_tuple=True)
     return b * M + i, b * M + j

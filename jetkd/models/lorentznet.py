@@ -83,53 +83,63 @@ def graph_inputs(p4: torch.Tensor, mask: torch.Tensor, beams: torch.Tensor | Non
 class PairGrid:
     """The edges of a padded batch as a few dense grids: jets sorted by length, cut into groups.
 
-    node_mask: (B, M) bool. A jet's length is its last real node + 1; group g holds jets ``idx[g]`` (b_g,)
-    padded to its longest, L_g, and its pairs form the (b_g, L_g, L_g) grid ``x[idx[g], :L_g]`` against itself.
-    The cut minimises ``sum_g (b_g L_g^2 + group_cost)`` (padded pairs plus a per-group overhead, in pairs) by
-    dynamic programming over the sorted lengths; ``group_cost=inf`` gives one (B, M, M) grid.
+    node_mask: (B, M) bool. A jet's length is its last real node + 1; group g holds b_g jets padded to its
+    longest, L_g, and its pairs form one (b_g, L_g, L_g) grid. The cut minimises
+    ``sum_g (b_g L_g^2 + group_cost)`` (padded pairs plus a per-group overhead, in pairs) by dynamic programming
+    over the sorted lengths; ``group_cost=inf`` gives one (B, M, M) grid in batch order.
+    Node tensors move between the batch layout (B, M, ...) and the groups with one gather (:meth:`split`) and
+    one gather back (:meth:`merge`), whatever the number of groups.
     Per group: ``w[g]`` (b, L, L) 1.0 for real pairs i != j, ``deg[g]`` (b, L, 1) real neighbours (>= 1);
     ``degree`` (B, M, 1) real neighbours of every node (0 on padding).
     """
 
     def __init__(self, node_mask: torch.Tensor, group_cost: float):
         B, M = node_mask.shape
-        self.shape = (B, M)
-        plan = [(None, M)]  # one grid, batch order
+        dev = node_mask.device
+        self.shape, self.rows = (B, M), None
+        self.dims = [(B, M)]  # (b_g, L_g)
         if not math.isinf(group_cost):  # one host sync: the lengths decide the tensor shapes
-            pos = torch.arange(1, M + 1, device=node_mask.device)
-            lengths = (node_mask * pos).amax(1).cpu().numpy()
+            lengths = (node_mask * torch.arange(1, M + 1, device=dev)).amax(1).cpu().numpy()
             order = np.argsort(lengths, kind="stable")
             cuts = _cut(lengths[order], group_cost)
-            if len(cuts) == 1:
-                plan = [(None, int(lengths.max()))]
-            else:
-                plan = [(torch.from_numpy(order[i:j]).to(node_mask.device), int(lengths[order[j - 1]])) for i, j in cuts]
-                self.inverse = torch.from_numpy(np.argsort(order)).to(node_mask.device)
-        self.idx, self.lengths = [idx for idx, _ in plan], [L for _, L in plan]
+            self.dims = [(j - i, int(lengths[order[j - 1]])) for i, j in cuts]
+            if len(cuts) > 1:
+                # rows: flat node index (b * M + k) of every group slot, groups one after another;
+                # where: the slot of every flat node, or one past the end (a zero row) beyond its group's length
+                rows = [(order[i:j, None] * M + np.arange(L)).reshape(-1) for (i, j), (_, L) in zip(cuts, self.dims)]
+                rows = np.concatenate(rows)
+                where = np.full(B * M, len(rows))
+                where[rows] = np.arange(len(rows))
+                self.rows, self.where = torch.from_numpy(rows).to(dev), torch.from_numpy(where).to(dev)
         self.w, self.deg = [], []
-        for g, L in enumerate(self.lengths):
-            nm = self.take(node_mask, g)
-            eye = torch.eye(L, dtype=torch.bool, device=nm.device)
-            w = (nm[:, :, None] & nm[:, None, :] & ~eye).to(torch.get_default_dtype())
-            self.w.append(w)
-            self.deg.append(w.sum(2, keepdim=True).clamp(min=1.0))
-        self.degree = self.put([w.sum(2, keepdim=True) for w in self.w])  # (B, M, 1), 0 on padding
+        for nm, (_, L) in zip(self.split(node_mask), self.dims):
+            eye = torch.eye(L, dtype=torch.bool, device=dev)
+            self.w.append((nm[:, :, None] & nm[:, None, :] & ~eye).to(torch.get_default_dtype()))
+            self.deg.append(self.w[-1].sum(2, keepdim=True).clamp(min=1.0))
+        self.degree = self.merge([w.sum(2, keepdim=True) for w in self.w])
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.dims)
 
-    def take(self, t: torch.Tensor, g: int) -> torch.Tensor:
-        """Group g's rows of a node tensor: (B, M, ...) -> (b_g, L_g, ...)."""
-        L = self.lengths[g]
-        if self.idx[g] is None:
-            return t if L == t.shape[1] else t[:, :L]
-        return t[self.idx[g], :L]
+    def split(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """A node tensor (B, M, ...) as the groups' (b_g, L_g, ...) tensors."""
+        if self.rows is None:
+            L = self.dims[0][1]
+            return [t if L == t.shape[1] else t[:, :L]]
+        B, M = self.shape
+        packed = t.reshape(B * M, *t.shape[2:]).index_select(0, self.rows)  # backward: index_add, no sort
+        sizes = [b * L for b, L in self.dims]
+        return [p.view(b, L, *t.shape[2:]) for p, (b, L) in zip(packed.split(sizes), self.dims)]
 
-    def put(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Inverse of :meth:`take` for node tensors: per-group (b_g, L_g, D) -> (B, M, D), 0 beyond L_g."""
-        M = self.shape[1]
-        padded = [F.pad(p, (0, 0, 0, M - p.shape[1])) if p.shape[1] < M else p for p in parts]
-        return padded[0] if self.idx[0] is None else torch.cat(padded, 0)[self.inverse]
+    def merge(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`split`: the groups' (b_g, L_g, D) -> (B, M, D), 0 beyond each group's L_g."""
+        B, M = self.shape
+        if self.rows is None:
+            p = parts[0]
+            return p if p.shape[1] == M else F.pad(p, (0, 0, 0, M - p.shape[1]))
+        D = parts[0].shape[-1]
+        packed = torch.cat([p.reshape(-1, D) for p in parts] + [parts[0].new_zeros(1, D)])
+        return packed.index_select(0, self.where).view(B, M, D)
 
 
 def default_group_cost(device: torch.device) -> float:
@@ -211,29 +221,31 @@ class LGEB(nn.Module):
         w_a, w_b, w_e = self.phi_e[0].weight.split([C, C, 2], dim=1)
         a, b = F.linear(h, w_a), F.linear(h, w_b)  # (B, M, C): the node halves of phi_e.0
         # Edge invariants of each group, from the coordinates the previous block left.
+        xs = grid.split(x)  # [(b, L, 4)]
         x_diff, e = [], []
-        for g in range(len(grid)):
-            xg = grid.take(x, g)
-            x_diff.append(xg[:, :, None, :] - xg[:, None, :, :])  # (b, L, L, 4)
-            norms = mdot(x_diff[g], x_diff[g])  # ||x_i - x_j||^2
-            dots = mdot(xg[:, :, None, :], xg[:, None, :, :])  # <x_i, x_j>
+        for xg in xs:
+            xi, xj, ei, ej = xg[:, :, None, :], xg[:, None, :, :], xg[:, :, None, 0], xg[:, None, :, 0]
+            x_diff.append(xi - xj)  # (b, L, L, 4)
+            # mdot(x_diff, x_diff) and mdot(xi, xj), with the energy products taken from the (small) node tensor
+            norms = 2 * ((ei - ej) * (ei - ej)) - (x_diff[-1] * x_diff[-1]).sum(-1)  # ||x_i - x_j||^2
+            dots = 2 * (ei * ej) - (xi * xj).sum(-1)  # <x_i, x_j>
             e.append(psi(torch.stack([norms, dots], dim=-1)))  # (b, L, L, 2)
 
         # BatchNorm of pre_ij = a_i + b_j + W_e e_ij over the real pairs, folded into a, b and W_e.
         with torch.autocast(h.device.type, enabled=False):  # statistics in at least float32
             dt = torch.promote_types(h.dtype, torch.float32)
-            a32, b32, w_e32 = a.to(dt), b.to(dt), w_e.to(dt)
-            mean, scale = self.phi_e[1].fold(*self._moments(a32, b32, w_e32, e, grid))
-            a_fold = (a32 - mean) * scale + self.phi_e[1].bias  # (B, M, C)
-            b_fold = b32 * scale
-            w_e_fold = w_e32 * scale[:, None]  # (C, 2)
+            a, b, w_e = a.to(dt), b.to(dt), w_e.to(dt)
+            bs = grid.split(b)
+            mean, scale = self.phi_e[1].fold(*self._moments(a, b, bs, w_e, e, grid))
+            a_fold = grid.split((a - mean) * scale + self.phi_e[1].bias)  # [(b, L, C)]
+            w_e_fold = w_e * scale[:, None]  # (C, 2)
 
         agg, dx = [], []
         for g in range(len(grid)):
             w = grid.w[g].to(h.dtype)
             m = F.linear(e[g], w_e_fold.to(h.dtype))  # (b, L, L, C), fresh: add into it in place
-            m += grid.take(a_fold, g)[:, :, None].to(m.dtype)
-            m += grid.take(b_fold, g)[:, None, :].to(m.dtype)
+            m += a_fold[g][:, :, None].to(m.dtype)
+            m += (bs[g] * scale)[:, None, :].to(m.dtype)
             m = self.phi_e[4](self.phi_e[3](self.phi_e[2](m)))
             m = m * self.phi_m(m)  # gate in (0, 1)
             agg.append(torch.einsum("bij,bijc->bic", w.to(m.dtype), m))  # sum over real j: batched matmul
@@ -243,31 +255,30 @@ class LGEB(nn.Module):
                 trans = (x_diff[g] * self.phi_x(m).to(x.dtype)).clamp(-100.0, 100.0)  # (b, L, L, 4)
                 dx.append((trans * w[..., None].to(x.dtype)).sum(2) / grid.deg[g].to(x.dtype))
         if not self.last_layer:
-            x = x + self.c_weight * grid.put(dx)
+            x = x + self.c_weight * grid.merge(dx)
 
         phi_h = self.phi_h
-        dh = phi_h[0](torch.cat([h, grid.put(agg).to(h.dtype), s.to(h.dtype)], dim=-1))
+        dh = phi_h[0](torch.cat([h, grid.merge(agg).to(h.dtype), s.to(h.dtype)], dim=-1))
         dh = phi_h[3](phi_h[2](phi_h[1](dh, node_mask)))
         return h + dh, x
 
-    def _moments(self, a, b, w_e, e, grid: PairGrid):
+    def _moments(self, a, b, bs, w_e, e, grid: PairGrid):
         """Moments over real pairs of pre_ij = a_i + b_j + u_ij, u_ij = W_e e_ij, from per-node sums (no pair
-        tensor of width C): ``(count, total, centred_sq)`` for :meth:`PairBatchNorm.fold`. Uses that the pair
-        mask w and the invariants e are symmetric in (i, j) (exactly, also in floating point), so row sums
-        serve for columns too. In eval mode returns nothing (running statistics are used)."""
+        tensor of width C): ``(count, total, centred_sq)`` for :meth:`PairBatchNorm.fold`. a, b: (B, M, C);
+        bs: b split into groups. Uses that the pair mask w and the invariants e are symmetric in (i, j)
+        (exactly, in floating point too), so row sums serve for columns. Eval mode: nothing (running stats)."""
         if not self.phi_e[1].training:
             return ()
         # Per group: row sums of e and of b over real neighbours, and sum_ij w e e^T.
         r, wb, see = [], [], 0.0
-        for g in range(len(grid)):
-            w, eg = grid.w[g].to(a.dtype), e[g].to(a.dtype)
+        for w, eg, bg in zip(grid.w, e, bs):
+            w, eg = w.to(a.dtype), eg.to(a.dtype)
             r.append(torch.einsum("bij,bijk->bik", w, eg))  # (b, L, 2)
-            wb.append(torch.bmm(w, grid.take(b, g)))  # (b, L, C): sum_j w_ij b_j
-            ew = (eg * w[..., None]).reshape(-1, 2)
-            see = see + ew.T @ eg.reshape(-1, 2)  # (2, 2)
+            wb.append(torch.bmm(w, bg))  # (b, L, C): sum_j w_ij b_j
+            see = see + (eg * w[..., None]).reshape(-1, 2).T @ eg.reshape(-1, 2)  # (2, 2)
         deg = grid.degree.to(a.dtype)  # (B, M, 1) real neighbours, 0 on padding
-        u = grid.put(r) @ w_e.T  # (B, M, C): sum_j u_ij
-        wb = grid.put(wb)
+        u = grid.merge(r) @ w_e.T  # (B, M, C): sum_j u_ij
+        wb = grid.merge(wb)
 
         def centred_sq(mean):
             # sum_ij w (a~_i + b_j + u_ij)^2 with a~ = a - mean, expanded into per-node sums
@@ -318,7 +329,7 @@ class LorentzNet(nn.Module):
 def load_published(path: str | Path, **kwargs) -> LorentzNet:
     """The published top-tagging checkpoint (``best-val-model.pt`` of LorentzNet-release) as a LorentzNet in
     eval mode. ``kwargs`` override the hyperparameters it was trained with (e.g. ``dropout``)."""
-    hparams = dict(n_scalar=2, n_hidden=72, n_class=2, n_layers=6, c_weight=0.005, dropout=0.2) | kwargs
+    hparams = {"n_scalar": 2, "n_hidden": 72, "n_class": 2, "n_layers": 6, "c_weight": 0.005, "dropout": 0.2} | kwargs
     model = LorentzNet(**hparams)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in state.items()}
