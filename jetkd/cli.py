@@ -159,33 +159,21 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    import warnings
     from pathlib import Path
 
     import numpy as np
-    import torch
 
-    from jetkd.data.cache import JetCache
-    from jetkd.data.loader import JetLoader
-    from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
-    from jetkd.train.checkpoint import load_model
+    from jetkd.pipeline import evaluate_checkpoints
 
     betas = np.array([float(b) for b in args.betas.split(",")])
     axis = tuple(float(a) for a in args.axis.split(","))
     if len(axis) != 3 or np.any(np.abs(betas) >= 1):
         raise InputError("--axis/--betas", "expected a 3-vector axis and betas with |beta| < 1")
-    test = list(JetLoader(JetCache(args.data), args.batch_size, shuffle=False))
-    results = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md
-        for spec in args.models:
-            path = Path(spec)
-            name = path.name if path.is_dir() else path.parent.name
-            results[name] = evaluate_model(load_model(path), test, betas=betas, axis=axis, name=name,
-                                           device="cuda" if torch.cuda.is_available() else "cpu")
-    write_report(args.out, results)
-    print((Path(args.out) / "report.md").read_text())
-    print(f"Report and plots in {Path(args.out).resolve()}/")
+    paths = [Path(spec) for spec in args.models]
+    checkpoints = {(p.name if p.is_dir() else p.parent.name): p for p in paths}
+    out = evaluate_checkpoints(checkpoints, args.data, args.out, betas=betas, axis=axis, batch_size=args.batch_size)
+    print((out / "report.md").read_text())
+    print(f"Report and plots in {out.resolve()}/")
     return 0
 
 

@@ -104,8 +104,6 @@ def _data_paths(pipe: Pipeline, run_dir: Path) -> DataConfig:
 
 def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
     """Run every stage and return the run folder (with ``report.md``)."""
-    from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
-    from jetkd.train.checkpoint import load_model
     from jetkd.train.loop import Trainer
 
     start = time.perf_counter()
@@ -122,21 +120,36 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
         Trainer(job, resume=True, progress=progress).fit()
 
     _stage("evaluating")
-    from jetkd.data.cache import JetCache
-    from jetkd.data.loader import JetLoader
-
-    test = list(JetLoader(JetCache(_data_paths(pipe, run_dir).test), pipe.evaluate.batch_size, shuffle=False))
-    results = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md
-        for name in ["teacher", *pipe.students]:
-            results[name] = evaluate_model(load_model(run_dir / name), test, betas=np.asarray(pipe.evaluate.betas),
-                                           axis=tuple(pipe.evaluate.axis), name=name, device=_device())
-    write_report(run_dir, results)
+    checkpoints = {name: run_dir / name for name in ["teacher", *pipe.students]}
+    evaluate_checkpoints(checkpoints, _data_paths(pipe, run_dir).test, run_dir, betas=pipe.evaluate.betas,
+                         axis=pipe.evaluate.axis, batch_size=pipe.evaluate.batch_size)
     print(f"\nPipeline finished in {time.perf_counter() - start:.0f} s.\n")
     print((run_dir / "report.md").read_text())
     print(f"Report, plots and every run are in {run_dir.resolve()}/")
     return run_dir
+
+
+def evaluate_checkpoints(checkpoints: dict[str, Path], test: str | Path, out_dir: str | Path, *, betas, axis,
+                         batch_size: int = 512) -> Path:
+    """Evaluate trained models (checkpoints or run folders, by report name) on the test cache ``test`` and write
+    ``report.json``, ``report.md`` and the plots into ``out_dir``; on the GPU when there is one."""
+    import torch
+
+    from jetkd.data.cache import JetCache
+    from jetkd.data.loader import JetLoader
+    from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
+    from jetkd.train.checkpoint import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batches = list(JetLoader(JetCache(test), batch_size, shuffle=False))
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md
+        for name, path in checkpoints.items():
+            results[name] = evaluate_model(load_model(path), batches, betas=np.asarray(betas), axis=tuple(axis),
+                                           name=name, device=device)
+    write_report(out_dir, results)
+    return Path(out_dir)
 
 
 def _make_data(pipe: Pipeline, run_dir: Path) -> None:
@@ -160,12 +173,6 @@ def _finished(job_dir: Path, epochs: int) -> bool:
         return False
     lines = metrics.read_text().splitlines()
     return bool(lines) and int(json.loads(lines[-1])["epoch"]) >= epochs
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _stage(text: str) -> None:

@@ -28,7 +28,7 @@ from jetkd.data.cache import JetCache
 from jetkd.data.loader import JetBatch, JetLoader
 from jetkd.distill import StepOutputs, build_method
 from jetkd.errors import InputError
-from jetkd.evaluate import predict
+from jetkd.evaluate import count_parameters, predict
 from jetkd.models import build_model
 from jetkd.train import distributed
 from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
@@ -207,7 +207,7 @@ class Trainer:
         }
         if self.env.is_main and self.progress:
             print(
-                f"Trained {self.job.model['name']} ({_n_params(self.model):,} parameters, distillation: "
+                f"Trained {self.job.model['name']} ({count_parameters(self.model):,} parameters, distillation: "
                 f"{self.job.distill.method}) for {self.job.train.epochs} epochs, {self.global_step} steps, in "
                 f"{summary['seconds']:.0f} s; best {self.best['metric']} {self.best['value']:.4f} at epoch "
                 f"{self.best['epoch']}. Checkpoints and metrics in {self.run_dir}/"
@@ -291,7 +291,3 @@ def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:
     if not Path(path).is_file():
         raise InputError(key, f"{path}: no such file")
     return JetCache(path, in_memory=in_memory)
-
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
