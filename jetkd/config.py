@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from jetkd.distill.options import CDDOptions, CurriculumOptions, FitNetsOptions, NormOptions
 from jetkd.errors import InputError
 
 
@@ -76,10 +77,16 @@ class ScheduleConfig:
 
 @dataclass
 class DistillConfig:
-    method: str = "none"  # none | kd
+    """Which method (:mod:`jetkd.distill`), its teacher, and the options of the representation methods."""
+
+    method: str = "none"  # none | kd | fitnets | norm | cdd | curriculum
     teacher: str = ""  # teacher checkpoint (best.pt of a teacher run)
-    temperature: float = 1.0
-    alpha: float = 0.5  # weight of the distillation term: (1 - alpha) CE + alpha T^2 KL
+    temperature: float = 1.0  # of every KD term on logits
+    alpha: float = 0.5  # kd: weight of the distillation term, (1 - alpha) CE + alpha T^2 KL
+    fitnets: FitNetsOptions = field(default_factory=FitNetsOptions)
+    norm: NormOptions = field(default_factory=NormOptions)
+    cdd: CDDOptions = field(default_factory=CDDOptions)
+    curriculum: CurriculumOptions = field(default_factory=CurriculumOptions)
 
 
 @dataclass
@@ -96,7 +103,7 @@ class TrainJob:
 CHOICES = {
     "train.select_by": ("val_acc", "val_auc", "val_loss"),
     "schedule.name": ("cosine", "step", "constant"),
-    "distill.method": ("none", "kd"),
+    "distill.method": ("none", "kd", "fitnets", "norm", "cdd", "curriculum"),
 }
 
 

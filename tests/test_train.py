@@ -13,51 +13,10 @@ import yaml
 
 from jetkd.cli import main
 from jetkd.config import load_job
-from jetkd.data.cache import CacheWriter
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Preempted, Trainer
 
-TINY_DEEPSET = {"name": "deepset", "phi_hidden": [16, 16], "rho_hidden": [16]}
-
-
-def toy_jets(n_jets, seed, max_particles=16):
-    """Collimated jets along +x; class 1 has wider constituents (larger mass). p4 (n, M, 4) float32."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 2, n_jets)
-    n = rng.integers(4, max_particles + 1, n_jets).astype(np.int32)
-    pt = rng.exponential(30.0, (n_jets, max_particles)) + 1.0
-    width = np.where(label == 1, 0.25, 0.08)[:, None]
-    eta, phi = rng.normal(0, 1, (2, n_jets, max_particles)) * width
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    p4 = np.stack([np.sqrt(px**2 + py**2 + pz**2), px, py, pz], -1).astype(np.float32)
-    order = np.argsort(-pt, axis=1)
-    p4 = np.take_along_axis(p4, order[..., None], 1)
-    p4[np.arange(max_particles)[None] >= n[:, None]] = 0
-    return p4, n, label
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    for name, n_jets, seed in (("train", 256, 0), ("val", 96, 1), ("test", 96, 2)):
-        with CacheWriter(root / f"{name}.h5", n_jets, 16, {"split": name}) as w:
-            w.append(*toy_jets(n_jets, seed))
-            w.commit()
-    return root
-
-
-def job_dict(cache, run_dir, **sections):
-    base = {
-        "run_dir": str(run_dir),
-        "data": {k: str(cache / f"{k}.h5") for k in ("train", "val", "test")},
-        "model": TINY_DEEPSET,
-        "train": {"epochs": 2, "batch_size": 32, "seed": 3},
-        "optim": {"lr": 3e-3},
-        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
-    }
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) and key != "model" else value
-    return base
+from helpers import TINY_DEEPSET, job_dict  # tests/helpers.py
 
 
 def weights(path):
@@ -119,7 +78,7 @@ def teacher(cache, tmp_path_factory):
 def test_kd_teacher_logits_are_computed_once_and_reused(cache, tmp_path, teacher, monkeypatch):
     kd = {"distill": {"method": "kd", "teacher": str(teacher), "temperature": 3.0, "alpha": 0.7}}
     first = Trainer(load_job(data=job_dict(cache, tmp_path / "a", **kd)), progress=False)
-    stored = list(teacher.parent.glob("teacher_logits_*.pt"))
+    stored = list(teacher.parent.glob("teacher_outputs_*.pt"))
     assert len(stored) == 1
     from jetkd.data.cache import JetCache
     from jetkd.data.loader import JetBatch
@@ -127,21 +86,21 @@ def test_kd_teacher_logits_are_computed_once_and_reused(cache, tmp_path, teacher
     rows = JetCache(cache / "train.h5").rows(np.arange(256))
     batch = JetBatch.from_arrays(*rows)
     with torch.no_grad():
-        torch.testing.assert_close(first.teacher_logits, load_model(teacher)(batch.p4, batch.mask), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(first.teacher_cache["logits"], load_model(teacher)(batch.p4, batch.mask), atol=1e-5, rtol=1e-5)
 
     calls = []
     second = Trainer(load_job(data=job_dict(cache, tmp_path / "b", **kd)), progress=False)
     monkeypatch.setattr(type(second.teacher), "forward", lambda *a, **k: calls.append(1))
     second.fit()
     assert calls == []  # training used the stored logits only
-    torch.testing.assert_close(second.teacher_logits, first.teacher_logits)
+    torch.testing.assert_close(second.teacher_cache["logits"], first.teacher_cache["logits"])
 
 
 def test_kd_with_boost_augmentation_runs_the_teacher_each_step(cache, tmp_path, teacher):
     job = job_dict(cache, tmp_path / "aug", train={"boost_beta_max": 0.5, "epochs": 1},
                    distill={"method": "kd", "teacher": str(teacher), "temperature": 1.0, "alpha": 0.5})
     trainer = Trainer(load_job(data=job), progress=False)
-    assert trainer.teacher_logits is None
+    assert trainer.teacher_cache is None
     trainer.fit()
 
 

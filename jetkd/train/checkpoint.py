@@ -40,10 +40,14 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """The trained model of a checkpoint (or run folder: its ``best.pt``), in eval mode on the CPU."""
+    """The trained model of a checkpoint (or run folder: its ``best.pt``), in eval mode on the CPU: the deploy
+    form where the checkpoint has one (NORM folded, CDD pruned, heads dropped), else the trained model."""
     from jetkd.models import build_model
 
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["model"])
+    spec, state = ckpt["config"]["model"], ckpt["model"]
+    if "deployed" in ckpt:
+        spec, state = ckpt["deployed"]["spec"], ckpt["deployed"]["model"]
+    model = build_model(spec)
+    model.load_state_dict(state)
     return model.eval()

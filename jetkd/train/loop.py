@@ -26,7 +26,7 @@ from jetkd import __version__, lorentz
 from jetkd.config import TrainJob, to_dict
 from jetkd.data.cache import JetCache
 from jetkd.data.loader import JetBatch, JetLoader
-from jetkd.distill import StepOutputs, build_method
+from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
 from jetkd.errors import InputError
 from jetkd.evaluate import count_parameters, predict
 from jetkd.models import build_model
@@ -64,10 +64,12 @@ class Trainer:
         )
         if len(self.loader) == 0:
             raise InputError("train.batch_size", f"{cfg.batch_size} x {self.env.world_size} processes exceeds the {len(self.train_cache)} training jets")
-        self.model = build_model(job.model).to(self.env.device)
-        self.method = build_method(job.distill).to(self.env.device)
+        self.method = build_method(job.distill)
+        self.model_spec = self.method.train_spec(job.model)
+        self.model = build_model(self.model_spec).to(self.env.device)
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
-        self.teacher_logits = self._cached_teacher_logits() if self.teacher is not None and cfg.boost_beta_max == 0 else None
+        self._setup_method()
+        self.teacher_cache = self._cached_teacher_outputs() if self._teacher_cacheable() else None
         params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=job.optim.lr, betas=tuple(job.optim.betas), weight_decay=job.optim.weight_decay,
@@ -75,7 +77,10 @@ class Trainer:
         )
         steps, epochs = len(self.loader), cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(job.schedule, s, steps, epochs))
-        self.net = DistributedDataParallel(self.model) if self.env.world_size > 1 else self.model
+        self.step_module = DistillStep(self.model, self.method, self.student_recorder)
+        self.net = self.step_module
+        if self.env.world_size > 1:  # method modules unused in some phases (FitNets stage 1, curriculum heads)
+            self.net = DistributedDataParallel(self.step_module, find_unused_parameters=any(True for _ in self.method.parameters()))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best = {"metric": cfg.select_by, "value": None, "epoch": None}
         self._stop_requested = False
@@ -92,22 +97,62 @@ class Trainer:
             p.requires_grad_(False)
         return teacher.eval()
 
-    def _cached_teacher_logits(self) -> torch.Tensor:
-        """(n_train, n_class) teacher logits for every training jet, computed once and stored beside the teacher
-        checkpoint (keyed by the cache file), so that every KD student of that teacher reuses them."""
+    def _setup_method(self) -> None:
+        """Hook the taps the method reads and let it build its modules from the tap shapes of one sample batch
+        (models in eval mode, no gradient: nothing trains and no random number is drawn)."""
+        m = self.method
+        self.student_recorder = TapRecorder(self.model, m.student_taps, "distill: student tap")
+        self.teacher_recorder = TapRecorder(self.teacher, m.teacher_taps, "distill: teacher tap") if self.teacher is not None else None
+        if not (m.student_taps or m.teacher_taps or type(m).setup is not Method.setup):
+            return
+        sample = self._to_device(next(iter(JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False))))
+        self.model.eval()
+        with torch.no_grad():
+            with self.student_recorder:
+                self.model(sample.p4, sample.mask)
+            teacher_taps = self._teacher_outputs(sample)[1] if self.teacher is not None else {}
+            m.setup(self.model, self.teacher, self.student_recorder.taps, teacher_taps)
+        self.model.train()
+        m.to(self.env.device)
+
+    def _teacher_cacheable(self) -> bool:
+        """Teacher outputs can be computed once when inputs are never augmented and every teacher tap is per jet."""
+        if self.teacher is None or self.job.train.boost_beta_max > 0:
+            return False
+        if not self.method.teacher_taps:
+            return True
+        sample = self._to_device(next(iter(JetLoader(self.train_cache, 2, shuffle=False))))
+        with torch.no_grad():
+            return not any(t.per_constituent for t in self._teacher_outputs(sample)[1].values())
+
+    def _teacher_outputs(self, batch: JetBatch) -> tuple[torch.Tensor, dict[str, Tap]]:
+        """Teacher logits (B, n_class) float32 and the teacher taps the method reads."""
+        with torch.no_grad(), self._autocast(), self.teacher_recorder:
+            logits = self.teacher(batch.p4, batch.mask).float()
+        return logits, {k: Tap(t.value.float(), t.mask) for k, t in self.teacher_recorder.taps.items()}
+
+    def _cached_teacher_outputs(self) -> dict[str, torch.Tensor]:
+        """Teacher logits (n_train, n_class) and per-jet taps (n_train, C) for every training jet, computed once
+        and stored beside the teacher checkpoint (keyed by the cache file and the taps), so that every
+        student of that teacher reuses them."""
         cache_path = Path(self.job.data.train).resolve()
         stat = cache_path.stat()
-        key = hashlib.sha1(f"{cache_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        taps = ",".join(self.method.teacher_taps)
+        key = hashlib.sha1(f"{cache_path}:{stat.st_size}:{stat.st_mtime_ns}:{taps}".encode()).hexdigest()[:16]
         teacher_path = Path(self.job.distill.teacher)
-        store = (teacher_path if teacher_path.is_dir() else teacher_path.parent) / f"teacher_logits_{key}.pt"
+        store = (teacher_path if teacher_path.is_dir() else teacher_path.parent) / f"teacher_outputs_{key}.pt"
         if store.exists():
             return torch.load(store, map_location=self.env.device, weights_only=True)
         loader = JetLoader(self.train_cache, self.job.train.eval_batch_size, shuffle=False)
-        with torch.no_grad(), self._autocast():
-            logits = torch.cat([self.teacher(b.p4, b.mask).float() for b in map(self._to_device, loader)])
+        parts: dict[str, list[torch.Tensor]] = {}
+        for batch in map(self._to_device, loader):
+            logits, taps = self._teacher_outputs(batch)
+            for k, v in {"logits": logits, **{p: t.value for p, t in taps.items()}}.items():
+                parts.setdefault(k, []).append(v)
+        outputs = {k: torch.cat(v) for k, v in parts.items()}
         if self.env.is_main:
-            save_atomic(logits.cpu(), store)
-        return logits
+            save_atomic({k: v.cpu() for k, v in outputs.items()}, store)
+        return outputs
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -118,6 +163,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
+        self.method.to(self.env.device)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
@@ -154,21 +200,23 @@ class Trainer:
         batch = self._to_device(batch)
         if self.job.train.boost_beta_max > 0:
             batch = self._augment(batch)
-        teacher_logits = None
-        if self.teacher_logits is not None:
-            teacher_logits = self.teacher_logits[batch.index]
+        self.method.set_progress(self.epoch + self.step_in_epoch / len(self.loader))
+        teacher_logits, teacher_taps = None, {}
+        if self.teacher_cache is not None:
+            teacher_logits = self.teacher_cache["logits"][batch.index]
+            teacher_taps = {p: Tap(self.teacher_cache[p][batch.index]) for p in self.method.teacher_taps}
         elif self.teacher is not None:
-            with torch.no_grad(), self._autocast():
-                teacher_logits = self.teacher(batch.p4, batch.mask).float()
+            teacher_logits, teacher_taps = self._teacher_outputs(batch)
         with self._autocast():
-            logits = self.net(batch.p4, batch.mask)
-        loss, parts = self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits))
+            loss, parts = self.net(batch, teacher_logits, teacher_taps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.method.after_backward()
         if self.job.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.job.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.job.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        self.method.after_step()
         return {"loss": loss.item(), **parts}
 
     def validate(self) -> dict[str, float]:
@@ -197,6 +245,11 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        if self.best["epoch"] is None:  # no epoch was selectable (or every validation value was NaN)
+            self.best.update(value=float("nan"), epoch=self.epoch)
+            if self.env.is_main:
+                print(f"warning: no epoch qualified as best ({self.method.phase()} phase at the end); best.pt is the last epoch")
+                save_atomic(self._state(with_optimizer=False), self.run_dir / "best.pt")
         summary = {
             "run_dir": str(self.run_dir),
             "epochs": self.job.train.epochs,
@@ -240,6 +293,7 @@ class Trainer:
         bar.close()
         done = max(1, self.step_in_epoch)
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                  "phase": self.method.phase(),
                   **{f"train_{k}": v / done for k, v in sums.items()}, **self.validate(),
                   "jets_per_s": jets / max(time.perf_counter() - t0, 1e-9)}
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
@@ -253,7 +307,7 @@ class Trainer:
         metric = self.best["metric"]
         value, old = record[metric], self.best["value"]
         better = old is None or (value < old if metric == "val_loss" else value > old)
-        if better and not math.isnan(value):
+        if better and not math.isnan(value) and self.method.selectable():
             self.best.update(value=value, epoch=record["epoch"])
             if self.env.is_main:
                 save_atomic(self._state(with_optimizer=False), self.run_dir / "best.pt")
@@ -269,6 +323,8 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
         }
+        if not with_optimizer:  # best.pt: also the model to export
+            state["deployed"] = self._deployed()
         if with_optimizer:
             state.update(
                 optimizer=self.optimizer.state_dict(),
@@ -277,12 +333,33 @@ class Trainer:
             )
         return state
 
+    def _deployed(self) -> dict:
+        """The deploy form of the current student (``method.deploy``): its model config, weights and figures."""
+        deployed = self.method.deploy(self.model)
+        return {"spec": self.method.deploy_spec(dict(self.job.model), deployed), "model": deployed.state_dict(),
+                "summary": self.method.deploy_summary(self.model, deployed)}
+
     def _save_last(self) -> None:
         if self.env.is_main:
             save_atomic(self._state(), self.run_dir / "last.pt")
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
+
+
+class DistillStep(torch.nn.Module):
+    """Student forward plus the method's loss as one module, so DDP sees every parameter the loss reaches
+    (the method's heads and transforms too). forward(batch, teacher_logits, teacher_taps) -> (loss, parts)."""
+
+    def __init__(self, student: torch.nn.Module, method: Method, recorder: TapRecorder):
+        super().__init__()
+        self.student, self.method, self.recorder = student, method, recorder
+
+    def forward(self, batch: JetBatch, teacher_logits, teacher_taps: dict) -> tuple[torch.Tensor, dict]:
+        with self.recorder:
+            logits = self.student(batch.p4, batch.mask)
+        taps = {k: Tap(t.value.float(), t.mask) for k, t in self.recorder.taps.items()}
+        return self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits, taps, teacher_taps))
 
 
 def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:

@@ -1,0 +1,100 @@
+"""Taps: named hidden representations of a model, captured by forward hooks on module paths (DESIGN.md).
+
+A tap is the output of the module at a path (``model.get_submodule(path)``); a module returning a tuple (a
+LorentzNet block returns ``(h, x)``) is tapped at its first element. Per-constituent taps, (B, N, C), carry
+their mask (B, N) bool: the first boolean tensor among the module's inputs shaped like the tap's leading
+dimensions. Models whose per-node tensors put extra nodes before the constituents say so with an
+``extra_nodes`` attribute (LorentzNet: the two beams); taps drop them, so teacher and student per-constituent
+taps line up constituent by constituent.
+
+    recorder = TapRecorder(student, ["phi.blocks.0", "rho"])
+    with recorder:                     # record while inside
+        logits = student(p4, mask)
+    recorder.taps["phi.blocks.0"].value, recorder.taps["phi.blocks.0"].mask   # (B, N, 128), (B, N)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from jetkd.errors import InputError
+
+
+@dataclass
+class Tap:
+    """value: (B, C) per jet or (B, N, C) per constituent; mask: (B, N) bool (per constituent) or None."""
+
+    value: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    @property
+    def per_constituent(self) -> bool:
+        return self.mask is not None
+
+    @property
+    def dim(self) -> int:
+        return self.value.shape[-1]
+
+    def pooled(self) -> torch.Tensor:
+        """(B, C): the mean over real constituents, or the value itself for a per-jet tap."""
+        if self.mask is None:
+            return self.value
+        w = self.mask.to(self.value.dtype)[..., None]
+        return (self.value * w).sum(-2) / w.sum(-2).clamp(min=1.0)
+
+
+def check_paths(model: nn.Module, paths: Sequence[str], where: str) -> None:
+    """Every path must name a submodule of ``model``; otherwise an InputError listing the available paths."""
+    available = [name for name, _ in model.named_modules() if name]
+    for path in paths:
+        if path not in available:
+            raise InputError(where, f"{path!r}: no such module in {type(model).__name__}; available: {', '.join(available)}")
+
+
+class TapRecorder:
+    """Forward hooks on ``paths`` of ``model`` that fill ``self.taps`` while the recorder is entered.
+
+    The hooks stay registered until :meth:`remove`; outside a ``with`` block they do nothing, so the model
+    runs (evaluation, checkpoints) as if untapped. ``where`` names the config key in error messages.
+    """
+
+    def __init__(self, model: nn.Module, paths: Sequence[str], where: str = "taps"):
+        check_paths(model, paths, where)
+        self.paths = tuple(dict.fromkeys(paths))
+        self.taps: dict[str, Tap] = {}
+        self.active = False
+        extra = getattr(model, "extra_nodes", 0)
+        self._handles = [model.get_submodule(p).register_forward_hook(self._hook(p, extra)) for p in self.paths]
+
+    def _hook(self, path: str, extra: int):
+        def hook(module, inputs, output):
+            if not self.active:
+                return
+            value = output[0] if isinstance(output, (tuple, list)) else output
+            mask = None
+            if value.dim() >= 3:
+                mask = next((t for t in inputs if isinstance(t, torch.Tensor) and t.dtype == torch.bool
+                             and t.shape == value.shape[:-1]), None)
+                if mask is None:
+                    mask = value.new_ones(value.shape[:-1], dtype=torch.bool)
+                if extra:
+                    value, mask = value[:, extra:], mask[:, extra:]
+            self.taps[path] = Tap(value, mask)
+
+        return hook
+
+    def __enter__(self) -> "TapRecorder":
+        self.taps, self.active = {}, True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active = False
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
