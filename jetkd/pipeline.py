@@ -138,7 +138,7 @@ def evaluate_checkpoints(checkpoints: dict[str, Path], test: str | Path, out_dir
     from jetkd.data.cache import JetCache
     from jetkd.data.loader import JetLoader
     from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
-    from jetkd.train.checkpoint import load_model
+    from jetkd.train.checkpoint import load_checkpoint, load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batches = list(JetLoader(JetCache(test), batch_size, shuffle=False))
@@ -148,6 +148,9 @@ def evaluate_checkpoints(checkpoints: dict[str, Path], test: str | Path, out_dir
         for name, path in checkpoints.items():
             results[name] = evaluate_model(load_model(path), batches, betas=np.asarray(betas), axis=tuple(axis),
                                            name=name, device=device)
+            summary = load_checkpoint(path).get("deployed", {}).get("summary")
+            if summary:  # e.g. CDD: size of the starting-width student against the deployed one
+                results[name]["deploy"] = summary
     write_report(out_dir, results)
     return Path(out_dir)
 

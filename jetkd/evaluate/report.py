@@ -30,7 +30,9 @@ the entry :func:`evaluate_model` returns::
 
 Keys starting with ``_`` are never written to ``report.json``; :func:`write_report` stores the scores in
 ``scores.npz`` beside it (``<name>.scores`` float32, ``<name>.labels`` int64), and :func:`read_report` puts them back.
-Extra keys a caller adds to an entry (e.g. ``"checkpoint"``) are kept in ``report.json``.
+Extra keys a caller adds to an entry (e.g. ``"checkpoint"``) are kept in ``report.json``; a ``"deploy"`` dict
+(the figures a distillation method reports about its deploy form, e.g. CDD's size reduction against the
+starting width) is also listed under "Deploy forms" in ``report.md``.
 
 ``report.json`` is ``{"format_version": 1, "jetkd_version": str, "models": {name: entry}}``, strict JSON:
 non-finite numbers (an infinite rejection when no background jet passes, a nan AUC) are written as ``null``;
@@ -278,6 +280,14 @@ def _test_set_text(results: Mapping[str, dict]) -> str:
     return "Test sets differ between models: " + "; ".join(f"{n}: {fmt.format(*s)}" for n, s in sizes.items()) + "."
 
 
+def _deploy_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(_deploy_value, v)) + "]"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
 def markdown_report(results: Mapping[str, dict], title: str = "Evaluation report") -> str:
     """The whole ``report.md``: title, test-set size, the table, notes on the columns, warnings, plots."""
     parts = [f"# {title}", "", _test_set_text(results), "", markdown_table(results), ""]
@@ -299,6 +309,11 @@ def markdown_report(results: Mapping[str, dict], title: str = "Evaluation report
         ),
         "",
     ]
+    deploys = [(name, e["deploy"]) for name, e in results.items() if e.get("deploy")]
+    if deploys:
+        parts += ["## Deploy forms", ""]
+        parts += [f"- {name}: " + ", ".join(f"{k} = {_deploy_value(v)}" for k, v in d.items()) for name, d in deploys]
+        parts += [""]
     warnings = [(name, w) for name, e in results.items() for w in e.get("warnings", [])]
     if warnings:
         parts += ["## Warnings", ""] + [f"- {name}: {w}" for name, w in warnings] + [""]
