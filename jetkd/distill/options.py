@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 @dataclass
 class FitNetsOptions:
-    """Romero et al. 2015. Stage 1 (``stage1_epochs``): hint loss ``0.5 ||hint - r(guided)||^2`` only.
-    Stage 2: ``CE + lambda * KD`` at ``distill.temperature``, lambda decaying linearly from ``lambda_start`` to
-    ``lambda_end`` over ``lambda_epochs`` epochs of stage 2 (paper: 4 -> 1, T = 3)."""
+    """Romero et al. 2015 (:mod:`jetkd.distill.fitnets`). Stage 1 (the first ``stage1_epochs``): hint loss
+    ``0.5 ||hint - r(guided)||^2`` only, r a trainable Linear (per constituent when both taps are), training the
+    student up to the guided layer. Stage 2: ``CE + lambda * H(P_T, P_S)``, the soft cross-entropy at
+    ``distill.temperature`` without a T^2 factor, lambda decaying linearly from ``lambda_start`` to
+    ``lambda_end`` over the first ``lambda_epochs`` epochs of stage 2 (paper: 4 -> 1, T = 3)."""
 
-    hint: str = ""  # teacher tap
-    guided: str = ""  # student tap
+    hint: str = ""  # teacher tap, e.g. LGEBs.0 (per constituent) or graph_dec.1 (per jet)
+    guided: str = ""  # student tap, e.g. phi.blocks.0 or phi (DeepSet), blocks.0 (MLP)
     stage1_epochs: float = 5.0
     lambda_start: float = 4.0
     lambda_end: float = 1.0
@@ -27,48 +29,60 @@ class FitNetsOptions:
 
 @dataclass
 class NormOptions:
-    """Liu et al. 2023 (NORM). ``gamma * CE + kd_weight * KD + beta * L_NORM``; beta ramps up linearly over
-    ``beta_warmup_epochs``. The feature transform sits before the student's ``classifier`` (a Linear whose input
-    is the student's last hidden representation) and expands it to ``n * C_t`` channels."""
+    """Liu et al. 2023 (NORM). ``gamma * CE + kd_weight * KD + beta * L_NORM``, KD at ``distill.temperature``;
+    beta ramps up linearly from 0 over ``beta_warmup_epochs``. A feature transform (Linear C_s -> n * C_t,
+    Linear back to C_s; a BatchNorm after each and a residual around both, as in the authors' default) sits
+    before the student's ``classifier`` (a Linear whose input is the last hidden representation) in training
+    and validation, and is folded into it at deploy. ``L_NORM = n * MSE(expanded, teacher tiled n times)``:
+    the sum over the n parts of each part's MSE to the teacher. ``kd_weight = 0`` is the paper's plain NORM."""
 
-    teacher_tap: str = ""  # the teacher's last hidden representation, (B, C_t)
+    teacher_tap: str = ""  # the teacher's last hidden representation, (B, C_t), e.g. LorentzNet graph_dec.1
     classifier: str = "classifier"  # the student's final Linear
-    n: int = 8  # N: parts of the expanded feature, each matched to the teacher's
-    gamma: float = 1.0
-    kd_weight: float = 1.0
-    beta: float = 1.0
-    beta_warmup_epochs: float = 0.0
-    residual: bool = True
-    batch_norm: bool = True
+    n: int = 8  # N: parts of the expanded feature, each matched to the teacher's (authors' scripts: 8)
+    gamma: float = 1.0  # cross-entropy weight
+    kd_weight: float = 1.0  # Hinton KD weight (NORM+KD; 0: NORM alone)
+    beta: float = 1.0  # L_NORM weight after the warm-up (authors: 1)
+    beta_warmup_epochs: float = 10.0  # linear 0 -> beta (authors: full weight after 15 of 100 ImageNet epochs)
+    residual: bool = True  # add the transform's input to its output (the paper's default FT)
+    batch_norm: bool = True  # a BatchNorm after each of the two Linears (authors' code)
 
 
 @dataclass
 class CDDOptions:
-    """Xie et al. 2023 (Capacity Dynamic Distillation). The configured student is the deploy budget; training
-    starts from it with every hidden width times ``width_factor`` and shrinks until the deployable model fits
-    ``budget`` (``params`` or ``flops`` of the configured student, or ``budget_value`` if > 0)."""
+    """Xie et al. 2023 (Capacity Dynamic Distillation), on ResRep's compactors (Ding et al. 2021). The configured
+    student is the deploy budget; training starts from it with every hidden width (MLP ``hidden``; DeepSet
+    ``phi_hidden`` but its last entry, and ``rho_hidden``) times ``width_factor``, a compactor after every
+    LinearBlock, and shrinks until the deployable model fits ``budget``: ``params`` (trainable parameters) or
+    ``flops`` (per jet, at the mean multiplicity of the training jets) of the configured student, or
+    ``budget_value`` if > 0. From ``start_epochs`` on, every ``reset_every`` steps the ``reset_channels``
+    channels (over all blocks) least aligned with the teacher's neighbourhoods lose their task gradient for good;
+    the group lasso then drives their compactor rows below ``threshold``, which prunes them. Once the budget is
+    met: lasso off, no more resets, fine-tuning (the only epochs that may become best.pt)."""
 
-    teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t)
-    student_tap: str = ""  # student representation compared with it, (B, C_s)
+    teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t); LorentzNet: graph_dec.1
     width_factor: float = 2.0
     budget: str = "params"  # params | flops
     budget_value: float = 0.0  # 0: the configured student's
-    lasso: float = 1e-4  # strength of the group lasso on compactor rows
-    threshold: float = 1e-3  # compactor rows with a smaller L2 norm are pruned
-    neighbours: int = 8  # top-k teacher neighbours per sample
-    bank_size: int = 4096  # teacher representations kept in the memory bank
-    reset_every: int = 10  # steps between gradient-reset selections
-    reset_channels: int = 4  # channels newly selected for reset per block and selection
+    lasso: float = 1e-3  # strength of the group lasso on compactor rows (relative to the task gradients: AdamW)
+    threshold: float = 1e-3  # a compactor row whose L2 norm falls below this is pruned (zeroed for good)
+    neighbours: int = 8  # top-k teacher neighbours (cosine) of every jet in the memory bank
+    bank_size: int = 1024  # jets kept in the memory bank (teacher representation + block activations)
+    start_epochs: float = 1.0  # no resets before (ResRep: 5 epochs of lasso alone)
+    reset_every: int = 20  # steps between reset selections (ResRep: 200)
+    reset_channels: int = 4  # channels newly reset per selection, over all blocks (ResRep: 4)
     kd_weight: float = 1.0  # Hinton KD on the logits, at distill.temperature (0: off)
 
 
 @dataclass
 class CurriculumOptions:
     """Gupta & Karmalkar 2025. Phase i (``phase_epochs[i]`` epochs) regresses a fixed random Gaussian projection
-    (to ``dim``) of ``teacher_taps[i]`` through a linear head on ``student_tap``; afterwards KD on the logits."""
+    (to ``dim``) of ``teacher_taps[i]`` through a linear head on ``student_tap`` (``0.5 ||t_i P_i - h_i(s)||^2``,
+    no labels); the remaining ``train.epochs - sum(phase_epochs)`` epochs train on the teacher's logits,
+    ``(1 - alpha) * CE + alpha * KD`` at ``distill.temperature`` (alpha 1: pure KD, the paper's last phase)."""
 
     teacher_taps: list[str] = field(default_factory=list)  # shallow to deep
     student_tap: str = ""
     dim: int = 32
     phase_epochs: list[float] = field(default_factory=list)  # one per teacher tap
     seed: int = 0  # of the random projections
+    alpha: float = 1.0  # last phase: weight of the KD term against CE (compare with kd at distill.alpha = this)
