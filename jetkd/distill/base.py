@@ -17,6 +17,7 @@ resumed run continues exactly.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -91,8 +92,9 @@ class Method(nn.Module):
         """Called after the optimiser step."""
 
     def deploy(self, student: nn.Module) -> nn.Module:
-        """The model to export after training (in eval mode); must not modify ``student``."""
-        return student
+        """The model to export after training, in eval mode; never modifies ``student``. By default a plain
+        copy (:func:`deploy_copy`): heads and regressors belong to the method, not to the student."""
+        return deploy_copy(student)
 
     def deploy_spec(self, spec: dict, deployed: nn.Module) -> dict:
         """The model config that rebuilds ``deployed`` (``build_model(spec)`` + its state dict)."""
@@ -101,6 +103,16 @@ class Method(nn.Module):
     def deploy_summary(self, student: nn.Module, deployed: nn.Module) -> dict:
         """Figures about the deploy form worth reporting (e.g. CDD's reduction against the starting width)."""
         return {}
+
+
+def deploy_copy(student: nn.Module) -> nn.Module:
+    """A deep copy of ``student`` in eval mode without any forward hook (tap recorders, training-time transforms):
+    the plain model, as ``build_model`` + ``load_state_dict`` would give it."""
+    model = copy.deepcopy(student)
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            hooks.clear()
+    return model.eval()
 
 
 class NoDistillation(Method):

@@ -79,7 +79,6 @@ remains). Example (LorentzNet teacher with 3 blocks, 30 epochs in all, the last 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -187,9 +186,6 @@ class CurriculumExtraction(Method):
         extract = half_squared_error(self.heads[i](out.taps[self.options.student_tap]), target)
         return extract, {**parts, "extract": extract.item()}
 
-    def deploy(self, student: nn.Module) -> nn.Module:
-        """A copy of the student in eval mode: heads and projections are training-only."""
-        return copy.deepcopy(student).eval()
 
     def extra_repr(self) -> str:
         o = self.options

@@ -51,7 +51,6 @@ Deviations from the paper, and why:
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -131,9 +130,6 @@ class FitNets(Method):
         parts = {"hint": hint.item(), "ce": ce.item(), "kd": kd.item(), "lambda": lam}
         return (hint if stage1 else ce + lam * kd), parts
 
-    def deploy(self, student: nn.Module) -> nn.Module:
-        """A copy of the student in eval mode: the regressor is no part of it."""
-        return copy.deepcopy(student).eval()
 
     def extra_repr(self) -> str:
         o = self.options

@@ -40,13 +40,12 @@ Deviations from the authors' code, and why
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jetkd.distill.base import Method, StepOutputs
+from jetkd.distill.base import Method, StepOutputs, deploy_copy
 from jetkd.distill.kd import kd_loss
 from jetkd.distill.options import NormOptions
 from jetkd.distill.taps import Tap, check_paths
@@ -158,7 +157,6 @@ class NORM(Method):
             y, self._expanded = self.transform(args[0])
             return (y, *args[1:])
 
-        # A plain function, not a bound method: deepcopy of the student shares it instead of copying self.
         self._handle = classifier.register_forward_pre_hook(transform_input)
 
     def beta_now(self) -> float:
@@ -186,9 +184,8 @@ class NORM(Method):
         the eval-mode transform folded in (float64, cast back). Same class, keys and shapes as the student."""
         if self._handle is None:
             raise RuntimeError("NORM.deploy before setup")
-        deployed = copy.deepcopy(student)
+        deployed = deploy_copy(student)
         classifier = deployed.get_submodule(self.options.classifier)
-        del classifier._forward_pre_hooks[self._handle.id]
         a, c = self.transform.affine()
         w, b = classifier.weight.double(), classifier.bias.double()
         classifier.weight.copy_(w @ a)
