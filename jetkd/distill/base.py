@@ -63,6 +63,12 @@ class Method(nn.Module):
         """The model config to build the trained student from (CDD starts wider than the configured one)."""
         return spec
 
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups for method parameters that need their own learning rate:
+        ``[{"params": [...], "lr_scale": 10.0}]`` (times the job's lr; the schedule applies to every group).
+        Every other trainable parameter, of the student and of the method, uses the job's settings."""
+        return []
+
     def setup(self, student: nn.Module, teacher: nn.Module | None, taps: dict[str, Tap],
               teacher_taps: dict[str, Tap]) -> None:
         """Build the method's modules once, knowing the shapes of a sample batch's taps."""

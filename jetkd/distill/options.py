@@ -56,21 +56,23 @@ class CDDOptions:
     ``flops`` (per jet, at the mean multiplicity of the training jets) of the configured student, or
     ``budget_value`` if > 0. From ``start_epochs`` on, every ``reset_every`` steps the ``reset_channels``
     channels (over all blocks) least aligned with the teacher's neighbourhoods lose their task gradient for good;
-    the group lasso then drives their compactor rows below ``threshold``, which prunes them. Once the budget is
-    met: lasso off, no more resets, fine-tuning (the only epochs that may become best.pt)."""
+    the group lasso then drives their compactor rows below ``threshold`` times the block's largest row norm,
+    which prunes them (with AdamW this takes at least about 1 / lr steps). Once the budget is met: lasso off, no
+    more resets, fine-tuning (the only epochs that may become best.pt)."""
 
     teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t); LorentzNet: graph_dec.1
     width_factor: float = 2.0
     budget: str = "params"  # params | flops
     budget_value: float = 0.0  # 0: the configured student's
-    lasso: float = 1e-3  # strength of the group lasso on compactor rows (relative to the task gradients: AdamW)
-    threshold: float = 1e-3  # a compactor row whose L2 norm falls below this is pruned (zeroed for good)
+    lasso: float = 1e-2  # group lasso on compactor rows; AdamW: compare with the rows' task gradients (ResRep, SGD: 1e-4)
+    threshold: float = 1e-3  # a row below this times its block's largest row norm is pruned (zeroed for good)
     neighbours: int = 8  # top-k teacher neighbours (cosine) of every jet in the memory bank
     bank_size: int = 1024  # jets kept in the memory bank (teacher representation + block activations)
     start_epochs: float = 1.0  # no resets before (ResRep: 5 epochs of lasso alone)
     reset_every: int = 20  # steps between reset selections (ResRep: 200)
     reset_channels: int = 4  # channels newly reset per selection, over all blocks (ResRep: 4)
     kd_weight: float = 1.0  # Hinton KD on the logits, at distill.temperature (0: off)
+    compactor_lr_scale: float = 1.0  # compactors' learning rate / optim.lr: a reset row needs ~1 / (lr * scale) steps
 
 
 @dataclass

@@ -70,9 +70,12 @@ class Trainer:
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
         self._setup_method()
         self.teacher_cache = self._cached_teacher_outputs() if self._teacher_cacheable() else None
-        params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad]
+        special = self.method.param_groups()
+        taken = {id(p) for g in special for p in g["params"]}
+        params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad and id(p) not in taken]
+        groups = [{"params": params}] + [{"params": g["params"], "lr": job.optim.lr * g.get("lr_scale", 1.0)} for g in special]
         self.optimizer = torch.optim.AdamW(
-            params, lr=job.optim.lr, betas=tuple(job.optim.betas), weight_decay=job.optim.weight_decay,
+            groups, lr=job.optim.lr, betas=tuple(job.optim.betas), weight_decay=job.optim.weight_decay,
             amsgrad=job.optim.amsgrad, eps=job.optim.eps,
         )
         steps, epochs = len(self.loader), cfg.epochs
@@ -213,7 +216,7 @@ class Trainer:
         loss.backward()
         self.method.after_backward()
         if self.job.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.job.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.job.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_step()
