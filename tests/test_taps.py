@@ -110,3 +110,15 @@ def test_trainer_drives_a_method_with_taps(cache, tmp_path, lorentznet_teacher, 
     assert load_checkpoint(tmp_path / "probe")["best"]["epoch"] == 2  # epoch 1 was not selectable
     deployed = load_model(tmp_path / "probe")
     assert type(deployed) is DeepSet and not any(k.startswith("head") for k in deployed.state_dict())
+
+
+def test_per_constituent_teacher_taps_are_cached_and_equal_the_live_ones(cache, tmp_path, lorentznet_teacher):
+    fitnets = {"method": "fitnets", "teacher": str(lorentznet_teacher), "fitnets": {"hint": "LGEBs.0", "guided": "phi"}}
+    trainer = Trainer(load_job(data=job_dict(cache, tmp_path / "fit", distill=fitnets)), progress=False)
+    assert trainer.teacher_cache["LGEBs.0"].shape == (256, 16, 8)  # every constituent slot of the cache
+    batch = trainer._to_device(next(iter(trainer.loader)))
+    live = trainer._teacher_outputs(batch)[1]["LGEBs.0"]
+    cached = trainer._cached_tap("LGEBs.0", batch)
+    assert torch.equal(cached.mask, live.mask) and cached.value.shape == live.value.shape
+    real = live.mask[..., None]
+    torch.testing.assert_close(cached.value * real, live.value * real, atol=1e-5, rtol=1e-5)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -35,6 +36,7 @@ from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
 from jetkd.train.schedule import lr_factor
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+TEACHER_CACHE_BYTES = 2 * 1024**3  # teacher outputs kept for the whole training set up to this size
 
 
 class Preempted(Exception):
@@ -119,14 +121,16 @@ class Trainer:
         m.to(self.env.device)
 
     def _teacher_cacheable(self) -> bool:
-        """Teacher outputs can be computed once when inputs are never augmented and every teacher tap is per jet."""
+        """Teacher outputs can be computed once when inputs are never augmented and they fit in
+        ``TEACHER_CACHE_BYTES`` (per-constituent taps are stored for every constituent slot of the cache)."""
         if self.teacher is None or self.job.train.boost_beta_max > 0:
             return False
-        if not self.method.teacher_taps:
-            return True
         sample = self._to_device(next(iter(JetLoader(self.train_cache, 2, shuffle=False))))
         with torch.no_grad():
-            return not any(t.per_constituent for t in self._teacher_outputs(sample)[1].values())
+            logits, taps = self._teacher_outputs(sample)
+        slots = self.train_cache.max_particles
+        per_jet = logits.shape[1] + sum(t.dim * (slots if t.per_constituent else 1) for t in taps.values())
+        return 4 * per_jet * len(self.train_cache) <= TEACHER_CACHE_BYTES
 
     def _teacher_outputs(self, batch: JetBatch) -> tuple[torch.Tensor, dict[str, Tap]]:
         """Teacher logits (B, n_class) float32 and the teacher taps the method reads."""
@@ -134,10 +138,17 @@ class Trainer:
             logits = self.teacher(batch.p4, batch.mask).float()
         return logits, {k: Tap(t.value.float(), t.mask) for k, t in self.teacher_recorder.taps.items()}
 
+    def _cached_tap(self, path: str, batch: JetBatch) -> Tap:
+        """The batch's rows of a cached teacher tap; per constituent: cut to the batch's padding, with its mask."""
+        value = self.teacher_cache[path][batch.index]
+        if value.dim() == 2:
+            return Tap(value)
+        return Tap(value[:, : batch.mask.shape[1]], batch.mask)
+
     def _cached_teacher_outputs(self) -> dict[str, torch.Tensor]:
-        """Teacher logits (n_train, n_class) and per-jet taps (n_train, C) for every training jet, computed once
-        and stored beside the teacher checkpoint (keyed by the cache file and the taps), so that every
-        student of that teacher reuses them."""
+        """Teacher logits (n_train, n_class) and taps, (n_train, C) per jet or (n_train, max_particles, C) per
+        constituent (0 on padding), for every training jet, computed once and stored beside the teacher
+        checkpoint (keyed by the cache file and the taps), so that every student of that teacher reuses them."""
         cache_path = Path(self.job.data.train).resolve()
         stat = cache_path.stat()
         taps = ",".join(self.method.teacher_taps)
@@ -150,7 +161,10 @@ class Trainer:
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in map(self._to_device, loader):
             logits, taps = self._teacher_outputs(batch)
-            for k, v in {"logits": logits, **{p: t.value for p, t in taps.items()}}.items():
+            slots = self.train_cache.max_particles
+            padded = {p: F.pad(t.value * t.mask[..., None], (0, 0, 0, slots - t.value.shape[1])) if t.per_constituent
+                      else t.value for p, t in taps.items()}
+            for k, v in {"logits": logits, **padded}.items():
                 parts.setdefault(k, []).append(v)
         outputs = {k: torch.cat(v) for k, v in parts.items()}
         if self.env.is_main:
@@ -207,7 +221,7 @@ class Trainer:
         teacher_logits, teacher_taps = None, {}
         if self.teacher_cache is not None:
             teacher_logits = self.teacher_cache["logits"][batch.index]
-            teacher_taps = {p: Tap(self.teacher_cache[p][batch.index]) for p in self.method.teacher_taps}
+            teacher_taps = {p: self._cached_tap(p, batch) for p in self.method.teacher_taps}
         elif self.teacher is not None:
             teacher_logits, teacher_taps = self._teacher_outputs(batch)
         with self._autocast():
