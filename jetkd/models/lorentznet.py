@@ -299,6 +299,7 @@ class LorentzNet(nn.Module):
     """
 
     group_cost: float | None = None
+    extra_nodes = 2  # per-node tensors (B, M, C) hold the two beams before the constituents (for taps)
 
     def __init__(self, n_scalar: int = 2, n_hidden: int = 72, n_class: int = 2, n_layers: int = 6,
                  c_weight: float = 5e-3, dropout: float = 0.2):
