@@ -45,3 +45,37 @@ def write_toy_cache(root, max_particles=16):
             w.append(*toy_jets(n_jets, seed, max_particles))
             w.commit()
     return root
+
+
+def assert_exact_resume(make_job, tmp_path, kill_step, monkeypatch):
+    """A run killed by SIGTERM after global step ``kill_step`` and resumed ends with bitwise the same model and
+    method state as an uninterrupted run. ``make_job(run_dir)`` builds the job."""
+    import os
+    import signal
+
+    import pytest
+    import torch
+
+    from jetkd.train.checkpoint import load_checkpoint
+    from jetkd.train.loop import Preempted, Trainer
+
+    Trainer(make_job(tmp_path / "full"), progress=False).fit()
+    job = make_job(tmp_path / "killed")
+    real_step = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        parts = real_step(self, batch)
+        if self.global_step == kill_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parts
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted):
+        Trainer(job, progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    Trainer(job, resume=True, progress=False).fit()
+    full, killed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("full", "killed"))
+    for part in ("model", "method"):
+        assert full[part].keys() == killed[part].keys()
+        for k in full[part]:
+            torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)

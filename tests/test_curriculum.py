@@ -20,7 +20,7 @@ from jetkd.models import build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Preempted, Trainer
 
-from helpers import TINY_DEEPSET, job_dict
+from helpers import assert_exact_resume, TINY_DEEPSET, job_dict
 
 
 def options(**kw):
@@ -227,23 +227,5 @@ def test_trainer_runs_the_phases_and_best_pt_loads_the_student(cache, lorentznet
 
 def test_resume_mid_phase_gives_the_same_weights(cache, lorentznet_teacher, tmp_path, monkeypatch):
     args = (TINY_DEEPSET, "phi", ["LGEBs.0", "graph_dec.1"], [1, 1])
-    Trainer(curriculum_job(cache, lorentznet_teacher, tmp_path / "full", *args), progress=False).fit()
-    job = curriculum_job(cache, lorentznet_teacher, tmp_path / "killed", *args)
-    real_step = Trainer.train_step
-
-    def step_then_signal(self, batch):
-        parts = real_step(self, batch)
-        if self.global_step == 11:  # in the second extraction phase
-            os.kill(os.getpid(), signal.SIGTERM)
-        return parts
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(Preempted):
-        Trainer(job, progress=False).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    Trainer(job, resume=True, progress=False).fit()
-    full, killed = (load_checkpoint(tmp_path / r / "last.pt") for r in ("full", "killed"))
-    for part in ("model", "method"):
-        assert full[part].keys() == killed[part].keys()
-        for k in full[part]:
-            torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)
+    # killed after step 11: in the second extraction phase
+    assert_exact_resume(lambda run: curriculum_job(cache, lorentznet_teacher, run, *args), tmp_path, 11, monkeypatch)

@@ -22,7 +22,7 @@ from jetkd.models import build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Preempted, Trainer
 
-from helpers import TINY_DEEPSET, job_dict, toy_jets  # tests/helpers.py
+from helpers import assert_exact_resume, TINY_DEEPSET, job_dict, toy_jets  # tests/helpers.py
 
 TINY_MLP = {"name": "mlp", "n_constituents": 8, "hidden": [32, 32]}
 TAP = "graph_dec.1"
@@ -237,23 +237,5 @@ def test_trainer_run_deploys_the_trained_model(cache, lorentznet_teacher, tmp_pa
 def test_resume_continues_exactly(cache, lorentznet_teacher, tmp_path, monkeypatch):
     distill = {"method": "norm", "teacher": str(lorentznet_teacher),
                "norm": {"teacher_tap": TAP, "n": 2, "beta_warmup_epochs": 1.5}}
-    Trainer(load_job(data=job_dict(cache, tmp_path / "full", distill=distill)), progress=False).fit()
-    job = load_job(data=job_dict(cache, tmp_path / "killed", distill=distill))
-    real_step = Trainer.train_step
-
-    def step_then_signal(self, batch):
-        parts = real_step(self, batch)
-        if self.global_step == 10:  # mid-way through epoch 2, in the warm-up
-            os.kill(os.getpid(), signal.SIGTERM)
-        return parts
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(Preempted):
-        Trainer(job, progress=False).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    Trainer(job, resume=True, progress=False).fit()
-    full, killed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("full", "killed"))
-    for part in ("model", "method"):
-        assert full[part].keys() == killed[part].keys()
-        for k in full[part]:
-            torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)
+    # killed after step 10: mid-way through epoch 2, in the warm-up
+    assert_exact_resume(lambda run: load_job(data=job_dict(cache, run, distill=distill)), tmp_path, 10, monkeypatch)
