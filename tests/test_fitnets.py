@@ -110,7 +110,7 @@ def test_options_are_validated_and_built_by_name():
     with pytest.raises(InputError, match="lambda_epochs"):
         fitnets(lambda_epochs=-1)
     with pytest.raises(InputError, match="distill.temperature"):
-        FitNets(FitNetsOptions(hint="LGEBs.0", guided="phi"), 0.0)
+        build_method(DistillConfig(method="fitnets", temperature=0.0, fitnets=FitNetsOptions(hint="LGEBs.0", guided="phi")))
 
 
 def params(module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from jetkd.distill.base import Method, NoDistillation, StepOutputs
 from jetkd.distill.kd import HintonKD, kd_loss
 from jetkd.distill.taps import Tap, TapRecorder
+from jetkd.errors import InputError
 
 __all__ = ["Method", "NoDistillation", "HintonKD", "StepOutputs", "Tap", "TapRecorder", "kd_loss", "build_method"]
 
@@ -21,6 +22,8 @@ def build_method(cfg) -> Method:
     """The method named by a :class:`jetkd.config.DistillConfig`."""
     if cfg.method == "none":
         return NoDistillation()
+    if cfg.temperature <= 0:  # every other method has a KD term on logits at this temperature
+        raise InputError("distill.temperature", f"must be > 0, got {cfg.temperature}")
     if cfg.method == "kd":
         return HintonKD(cfg.temperature, cfg.alpha)
     if cfg.method == "fitnets":

@@ -268,8 +268,6 @@ class CDD(Method):
             raise InputError("distill.cdd", "neighbours, bank_size, reset_every and reset_channels must be >= 1")
         if min(o.lasso, o.threshold, o.budget_value, o.start_epochs, o.kd_weight) < 0:
             raise InputError("distill.cdd", "lasso, threshold, budget_value, start_epochs and kd_weight must be >= 0")
-        if temperature <= 0:
-            raise InputError("distill.temperature", f"must be > 0, got {temperature}")
         self.options, self.temperature = o, temperature
         self.teacher_taps = (o.teacher_tap,)
         self.configured_spec: dict | None = None  # set by train_spec

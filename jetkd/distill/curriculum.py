@@ -141,8 +141,6 @@ class CurriculumExtraction(Method):
             raise InputError(f"{KEY}.dim", f"expected a positive projection dimension, got {options.dim}")
         if not 0 <= options.alpha <= 1:
             raise InputError(f"{KEY}.alpha", f"expected 0 <= alpha <= 1, got {options.alpha}")
-        if temperature <= 0:
-            raise InputError("distill.temperature", f"expected a positive temperature, got {temperature}")
         self.ends = _boundaries(options)
         self.options, self.temperature = options, temperature
         self.student_taps = (options.student_tap,)

@@ -92,8 +92,6 @@ class FitNets(Method):
         for key in ("stage1_epochs", "lambda_start", "lambda_end", "lambda_epochs"):
             if getattr(options, key) < 0:
                 raise InputError(f"{where}.{key}", f"must be >= 0, got {getattr(options, key)}")
-        if temperature <= 0:
-            raise InputError("distill.temperature", f"must be > 0, got {temperature}")
         self.options, self.temperature = options, float(temperature)
         self.student_taps, self.teacher_taps = (options.guided,), (options.hint,)
         self.regressor: TapRegressor | None = None

@@ -127,8 +127,6 @@ class NORM(Method):
             raise InputError("distill.norm.n", f"must be >= 1, got {o.n}")
         if min(o.gamma, o.kd_weight, o.beta, o.beta_warmup_epochs) < 0:
             raise InputError("distill.norm", "gamma, kd_weight, beta and beta_warmup_epochs must be >= 0")
-        if temperature <= 0:
-            raise InputError("distill.temperature", f"must be > 0, got {temperature}")
         self.options, self.temperature = o, temperature
         self.teacher_taps = (o.teacher_tap,)
         self.transform: FeatureTransform | None = None
