@@ -4,9 +4,11 @@ Both do the same math with the same weights (checked before timing): the baselin
 style -- per-batch index lists ``i, j`` of the real edges, ``h[i]``, ``h[j]`` gathers, the concatenation
 ``[h_i, h_j, norms, dots]`` through ``nn.Linear``, BatchNorm over the edge list, ``index_add_`` to
 aggregate -- run on the modules of a :class:`jetkd.models.lorentznet.LorentzNet`; the candidate is that
-model's own dense forward. A step is forward, cross-entropy, backward and an AdamW step, on batches of
-jets with realistic multiplicities, each padded to its own longest jet (as ``JetBatch.from_arrays`` does).
-The baseline's edge lists are built before the clock starts (the original builds them in its data loader).
+model's own dense forward (on CPU with the per-pair chain fused and computed in cache-sized chunks,
+:mod:`jetkd.models.pair_chain`; the float64 same-math check runs that path too). A step is forward,
+cross-entropy, backward and an AdamW step, on batches of jets with realistic multiplicities, each padded to
+its own longest jet (as ``JetBatch.from_arrays`` does). The baseline's edge lists are built before the clock
+starts (the original builds them in its data loader).
 
     python scripts/bench_teacher.py                       # CPU, batch 32 and 128
     python scripts/bench_teacher.py --device cuda --bf16  # GPU, autocast bf16

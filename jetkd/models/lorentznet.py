@@ -16,16 +16,22 @@ remain: rotations about the beam (z) axis. Boosts change the output. Exactly so 
 the coordinate step to +-100 (per component) is inactive: the published checkpoint does hit it on real jets
 (|phi_x| up to ~8, |x_i - x_j| ~ 100 GeV), so its invariance is approximate, as the original's was.
 
-Cost. The per-pair tensors (pairs, C) are the big ones; two ideas keep them few and small:
+Cost. The per-pair tensors (pairs, C) are the big ones; three ideas keep them few, small and in cache:
   * phi_e's first Linear on [h_i, h_j, e_ij] is W_a h_i + W_b h_j + W_e e_ij: two per-node projections broadcast
     over the grid; its BatchNorm, an affine map per channel, folds into them. The BatchNorm statistics over
     real pairs are moments of that sum, computed from per-node sums (degrees, row sums of e, w @ b) without
-    materialising the pre-activation, so the first big tensor built is the ReLU input itself.
+    materialising the pre-activation.
   * jets are sorted by length and cut into a few groups, each padded to its own longest jet (one dense
     (b, L, L) grid per group, not one (B, M, M) grid for the batch): a batch of 32 realistic jets (~55
     constituents, up to ~125) then holds ~1.1x its real pairs on CPU instead of ~2.8x; each group costs a few
     dozen small ops more (see :func:`default_group_cost`). Node tensors stay (B, M, C) in batch order (what
     hooks see); the grouping is invisible outside a block.
+  * on CPU the rest of the per-pair chain (phi_e's ReLU .. phi_m gate .. phi_x, the sums over j) runs as one
+    autograd Function, :class:`jetkd.models.pair_chain.PairChain`, chunk by cache-sized chunk, with a
+    hand-written backward that keeps 2 C floats per pair and redoes no (C, C) matmul. Those matmuls, 6 of
+    (pairs, C) x (C, C) per block and training step (2 forward, 4 backward), are then ~40% of a step's CPU
+    time at batch 32, the chain as a whole ~80%. The plain per-module path stays for GPUs (where pair tensors
+    are cheap and launches are not), under autocast, and when a hook listens on a module the Function bypasses.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jetkd.models.layers import MaskedBatchNorm1d, _all_reduce_sum
+from jetkd.models.pair_chain import PairChain
 
 # The two beam particles of the original code, (sqrt(1 + m^2), 0, 0, +-1) with m = 1, in GeV.
 BEAMS = ((math.sqrt(2.0), 0.0, 0.0, 1.0), (math.sqrt(2.0), 0.0, 0.0, -1.0))
@@ -144,9 +151,10 @@ class PairGrid:
 
 def default_group_cost(device: torch.device) -> float:
     """Overhead of one more group of the pair grid, in pairs (measured: 2 CPU cores; H100, batches 32..512).
-    On CPU a pair costs ~10 us per training step and a group ~100 more small ops; on a GPU pairs are cheap
-    and kernel launches dominate, so few groups."""
-    return 2048.0 if device.type == "cpu" else 262144.0
+    On CPU a pair costs ~10 us of CPU time per training step and a group ~100 more small ops (one thread:
+    512 to 2048 time alike within noise, 8192 is ~10% slower at batch 32); on a GPU pairs are cheap and kernel
+    launches dominate, so few groups."""
+    return 1024.0 if device.type == "cpu" else 262144.0
 
 
 def _cut(lengths: np.ndarray, group_cost: float) -> list[tuple[int, int]]:
@@ -204,7 +212,8 @@ class LGEB(nn.Module):
         self.c_weight, self.last_layer = c_weight, last_layer
         # Indices match the original's nn.Sequential, so state-dict keys map 1:1. The containers are never
         # called whole (BatchNorms need masks); forward calls the members, so hooks on them fire, except on
-        # phi_e.0 and phi_e.1, whose Linear and BatchNorm are applied folded (weights read directly).
+        # phi_e.0 and phi_e.1, whose Linear and BatchNorm are applied folded (weights read directly). On CPU the
+        # pair chain bypasses phi_e.2 .. phi_x unless one of them has a hook (see _fused).
         self.phi_e = nn.Sequential(nn.Linear(2 * C + 2, C, bias=False), PairBatchNorm(C), nn.ReLU(inplace=True),
                                    nn.Linear(C, C), nn.ReLU(inplace=True))
         self.phi_h = nn.Sequential(nn.Linear(2 * C + n_scalar, C), MaskedBatchNorm1d(C), nn.ReLU(), nn.Linear(C, C))
@@ -241,7 +250,16 @@ class LGEB(nn.Module):
             w_e_fold = w_e * scale[:, None]  # (C, 2)
 
         agg, dx = [], []
+        fused = self._fused(h)
         for g in range(len(grid)):
+            if fused:  # the same chain as below, computed in cache-sized chunks
+                xd = None if self.last_layer else x_diff[g]
+                agg_g, dx_g = PairChain.apply(a_fold[g], bs[g] * scale, e[g], xd, grid.w[g].to(h.dtype), w_e_fold,
+                                              *self._chain_weights())
+                agg.append(agg_g)
+                if not self.last_layer:
+                    dx.append(dx_g / grid.deg[g])
+                continue
             w = grid.w[g].to(h.dtype)
             m = F.linear(e[g], w_e_fold.to(h.dtype))  # (b, L, L, C), fresh: add into it in place
             m += a_fold[g][:, :, None].to(m.dtype)
@@ -261,6 +279,22 @@ class LGEB(nn.Module):
         dh = phi_h[0](torch.cat([h, grid.merge(agg).to(h.dtype), s.to(h.dtype)], dim=-1))
         dh = phi_h[3](phi_h[2](phi_h[1](dh, node_mask)))
         return h + dh, x
+
+    def _chain_weights(self) -> list:
+        """The weights :class:`PairChain` takes after ``w_e``: phi_e.3, phi_m.0 and phi_x.0, phi_x.2 (None in the
+        last block)."""
+        weights = [self.phi_e[3].weight, self.phi_e[3].bias, self.phi_m[0].weight, self.phi_m[0].bias]
+        if self.last_layer:
+            return weights + [None, None, None]
+        return weights + [self.phi_x[0].weight, self.phi_x[0].bias, self.phi_x[2].weight]
+
+    def _fused(self, h: torch.Tensor) -> bool:
+        """Whether the pair chain runs as :class:`PairChain`: on CPU, without autocast, and with no hooks on
+        the modules it bypasses (phi_e.2 .. phi_e.4, phi_m, phi_x), so they still fire when someone listens."""
+        if h.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return False
+        chain = [*self.phi_e[2:], *self.phi_m, *(self.phi_x if not self.last_layer else ())]
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in chain)
 
     def _moments(self, a, b, bs, w_e, e, grid: PairGrid):
         """Moments over real pairs of pre_ij = a_i + b_j + u_ij, u_ij = W_e e_ij, from per-node sums (no pair
