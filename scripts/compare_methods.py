@@ -6,7 +6,7 @@ rerun only adds what is missing) and writes ``comparison.md`` into the run folde
 size and seeds, and per model the deployed model's parameters and FLOPs per jet, accuracy, AUC, 1/eps_B at
 eps_S = 0.3 and 0.5, and accuracy at beta = 0.5 and 0.9 along the scan axis.
 
-    python scripts/compare_methods.py                                  # ~35 min on 2 CPU cores
+    python scripts/compare_methods.py                                  # ~20 min on 2 CPU cores
     python scripts/compare_methods.py run_dir=runs/compare_s2 generate.seed=2 convert.seed=2
 """
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = load_pipeline(args.config, args.overrides)
     run_dir = run_pipeline(pipe)
 
-    report = read_report(run_dir)["models"]
+    report = read_report(run_dir)
     order = ["teacher"] + [f"{s}{m}" for s in ("mlp", "deepset") for m in STUDENT_ORDER]
     results = {name: report[name] for name in order if name in report}
     results |= {name: e for name, e in report.items() if name not in results}
@@ -57,12 +57,21 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     deploys = [(name, e["deploy"]) for name, e in results.items() if e.get("deploy")]
     for name, d in deploys:
-        lines.append(f"- {name}: " + ", ".join(f"{k} = {v}" for k, v in d.items()))
+        lines.append(f"- {name}: " + ", ".join(f"{k} = {_short(v)}" for k, v in d.items()))
     out = run_dir / "comparison.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     print(f"Comparison table in {out.resolve()}")
     return out
+
+
+def _short(value):
+    """A deploy-summary value for the table's notes: floats to 4 significant digits, whole floats as integers."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() or abs(value) >= 1e4 else f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """End to end on a small generated sample: generate, convert, teacher, students with and without KD, evaluate."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,6 +10,7 @@ import yaml
 from jetkd.cli import main
 from jetkd.pipeline import QUICKSTART, load_pipeline, run_pipeline
 
+ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("teacher", "mlp", "mlp_kd", "deepset", "deepset_kd")
 SMALL = ["generate.jets=2000", "convert.max_particles=48", "teacher.train.epochs=8", "student_defaults.train.epochs=8"]
 
@@ -69,3 +72,17 @@ def test_cli_evaluate_on_run_folders(small_run, tmp_path, capsys):
     assert main(args) == 0
     assert "| teacher " in (out / "report.md").read_text() and "| deepset " in (out / "report.md").read_text()
     assert str(out) in capsys.readouterr().out
+
+
+def test_compare_methods_script_writes_one_table(small_run):
+    """scripts/compare_methods.py on a finished run folder (nothing left to train): the table of every model."""
+    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "scripts" / "compare_methods.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = small_run.parent / "compare.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(QUICKSTART.read_text()), "run_dir": str(small_run)}))
+    out = script.main(["--config", str(config), *SMALL, "evaluate.betas=[0.0, 0.5]"])
+    text = out.read_text()
+    assert "2,000 generated jets (Pythia seed 1)" in text and "Training seeds: teacher 1" in text
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["Model", *MODELS[:1], "mlp", "mlp_kd", "deepset", "deepset_kd"]
