@@ -49,7 +49,8 @@ def write_toy_cache(root, max_particles=16):
 
 def assert_exact_resume(make_job, tmp_path, kill_step, monkeypatch):
     """A run killed by SIGTERM after global step ``kill_step`` and resumed ends with bitwise the same model and
-    method state as an uninterrupted run. ``make_job(run_dir)`` builds the job."""
+    method state as an uninterrupted run. ``make_job(run_dir)`` builds the job. Returns the uninterrupted
+    run's last checkpoint."""
     import os
     import signal
 
@@ -79,3 +80,4 @@ def assert_exact_resume(make_job, tmp_path, kill_step, monkeypatch):
         assert full[part].keys() == killed[part].keys()
         for k in full[part]:
             torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)
+    return full

@@ -3,14 +3,12 @@ training only the student up to the guided layer, and end-to-end runs whose best
 
 import json
 import math
-import os
-import signal
 from itertools import islice
 
 import pytest
 import torch
 
-from helpers import TINY_DEEPSET, job_dict
+from helpers import TINY_DEEPSET, assert_exact_resume, job_dict
 from jetkd.config import DistillConfig, load_job
 from jetkd.distill import StepOutputs, Tap, build_method
 from jetkd.distill.fitnets import FitNets, soft_cross_entropy
@@ -19,7 +17,7 @@ from jetkd.errors import InputError
 from jetkd.evaluate import count_parameters
 from jetkd.models import MLP, DeepSet, build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
-from jetkd.train.loop import Preempted, Trainer
+from jetkd.train.loop import Trainer
 
 TINY_MLP = {"name": "mlp", "n_constituents": 8, "hidden": [32, 32]}
 
@@ -117,10 +115,14 @@ def params(module):
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-def trainer_for(cache, run_dir, teacher, model, guided, resume=False, **options):
+def fitnets_job(cache, run_dir, teacher, model, guided, **options):
     distill = {"method": "fitnets", "teacher": str(teacher), "temperature": 3.0,
                "fitnets": {"hint": "LGEBs.0", "guided": guided, **options}}
-    return Trainer(load_job(data=job_dict(cache, run_dir, model=model, distill=distill)), resume=resume, progress=False)
+    return load_job(data=job_dict(cache, run_dir, model=model, distill=distill))
+
+
+def trainer_for(cache, run_dir, teacher, model, guided, **options):
+    return Trainer(fitnets_job(cache, run_dir, teacher, model, guided, **options), progress=False)
 
 
 @pytest.mark.parametrize("model, guided, trained, frozen", [
@@ -194,30 +196,11 @@ def test_end_to_end_run_deploys_the_plain_student(cache, tmp_path, lorentznet_te
 
 
 def test_resume_in_stage1_continues_exactly_across_the_switch(cache, tmp_path, lorentznet_teacher, monkeypatch):
-    """Killed in stage 1, resumed: the switch at 1.5 and stage 2 run as in an unkilled run."""
+    """Killed after step 10 of 16 (progress 1.25 of 2 epochs: still stage 1), resumed: the switch at 1.5 and
+    stage 2 run as in an unkilled run."""
     options = {"stage1_epochs": 1.5, "lambda_epochs": 0.5}
-    trainer_for(cache, tmp_path / "full", lorentznet_teacher, TINY_DEEPSET, "phi.blocks.0", **options).fit()
-    real_step = Trainer.train_step
-
-    def step_then_signal(self, batch):
-        parts = real_step(self, batch)
-        if self.global_step == 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return parts
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(Preempted):
-        trainer_for(cache, tmp_path / "killed", lorentznet_teacher, TINY_DEEPSET, "phi.blocks.0", **options).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    killed = trainer_for(cache, tmp_path / "killed", lorentznet_teacher, TINY_DEEPSET, "phi.blocks.0", resume=True,
-                         **options)
-    assert killed.global_step == 11  # resumes at progress 11 / 8 = 1.375: still stage 1
-    killed.fit()
-    full, killed = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
-    for part in ("model", "method"):
-        assert full[part].keys() == killed[part].keys()
-        for k in full[part]:
-            torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)
+    assert_exact_resume(lambda run: fitnets_job(cache, run, lorentznet_teacher, TINY_DEEPSET, "phi.blocks.0", **options),
+                        tmp_path, 10, monkeypatch)
 
 
 def test_wrong_tap_path_names_the_available_module_paths(cache, tmp_path, lorentznet_teacher):
