@@ -3,8 +3,6 @@ neighbour scores on a hand-made bank, reset selection and the budget stop, exact
 
 import copy
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from jetkd.models import MLP, DeepSet, build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Trainer
 
-from helpers import TINY_DEEPSET, job_dict, toy_jets
+from helpers import TINY_DEEPSET, assert_exact_resume, job_dict, toy_jets
 
 TINY_MLP = {"name": "mlp", "n_constituents": 8, "hidden": [32, 32]}
 SMALL_DEEPSET = {"name": "deepset", "phi_hidden": [8, 12, 6], "rho_hidden": [10, 7]}
@@ -144,7 +142,7 @@ def test_loss_is_ce_plus_kd_and_reports_the_lasso():
     assert int(method.bank_count) == 16 and int(method.bank_next) == 16  # the batch went into the bank
 
 
-def test_gradient_reset_zeros_the_task_gradient_of_reset_rows_but_keeps_the_lasso():
+def test_gradient_surgery_keeps_task_plus_lasso_on_kept_rows_and_nothing_on_reset_rows():
     lasso = 0.05
     method, student = cdd_student(TINY_MLP, lasso=lasso)
     p4, mask, label = jets(16)
@@ -160,16 +158,38 @@ def test_gradient_reset_zeros_the_task_gradient_of_reset_rows_but_keeps_the_lass
     penalty = lasso * q / q.norm(dim=1, keepdim=True)
     method.after_backward()
     g = c.weight.grad
-    torch.testing.assert_close(g[[2, 5]], penalty[[2, 5]], rtol=0, atol=1e-7)  # task part gone, lasso kept
     keep = [i for i in range(g.shape[0]) if i not in (2, 5, 7)]
     torch.testing.assert_close(g[keep], task[keep] + penalty[keep])
-    assert task[[2, 5]].abs().sum() > 0 and torch.equal(g[7], torch.zeros_like(g[7]))
+    assert task[[2, 5]].abs().sum() > 0 and torch.equal(g[[2, 5, 7]], torch.zeros_like(g[[2, 5, 7]]))
     # Fine-tuning: the plain task gradient, pruned rows still frozen.
     method.finetuning.fill_(True)
     c.weight.grad = task.clone()
     method.after_backward()
     torch.testing.assert_close(c.weight.grad[keep + [2, 5]], task[keep + [2, 5]], rtol=0, atol=0)
     assert torch.equal(c.weight.grad[7], torch.zeros_like(g[7]))
+
+
+def test_reset_rows_are_forgotten_by_the_proximal_step_and_then_pruned():
+    """After each step a reset row's norm falls by eta = lr * compactor_lr_scale, direction kept, down to exactly
+    0 (then pruned); kept rows are left to the optimiser."""
+    method, _ = cdd_student(TINY_MLP, start_epochs=10.0, compactor_lr_scale=10.0)
+    c = method.compactors[0]
+    with torch.no_grad():
+        c.weight.mul_(0.5)  # rows of norm 0.5; the threshold is relative to the largest
+        c.weight[0] *= 2.0
+        c.reset[[2, 5]] = 0
+        c.weight[5] *= 0.01  # norm 0.005: below one step
+    before = c.weight.clone()
+    method.set_progress(0.0, lr=1e-2)  # eta = 0.1
+    method.after_step()
+    torch.testing.assert_close(c.weight[2], before[2] * (0.4 / 0.5))
+    assert torch.equal(c.weight[5], torch.zeros_like(c.weight[5])) and bool(c.pruned[5]) and not bool(c.pruned[2])
+    keep = [i for i in range(c.weight.shape[0]) if i not in (2, 5)]
+    assert torch.equal(c.weight[keep], before[keep])
+    for _ in range(4):
+        method.after_step()
+    assert bool(c.pruned[2]) and torch.equal(c.weight[2], torch.zeros_like(c.weight[2]))
+    assert int(c.pruned.sum()) == 2
 
 
 def test_neighbour_agreement_by_hand():
@@ -328,30 +348,10 @@ def test_trainer_shrinks_to_budget_and_best_pt_is_the_smaller_plain_student(cach
 
 
 def test_resume_mid_shrink_gives_the_same_weights_and_masks(cache, lorentznet_teacher, tmp_path, monkeypatch):
-    full = Trainer(cdd_job(cache, lorentznet_teacher, tmp_path / "full", TINY_DEEPSET, epochs=3), progress=False)
-    full.fit()
-    real_step = Trainer.train_step
-
-    def step_then_signal(self, batch):
-        parts = real_step(self, batch)
-        if self.global_step == 20:  # mid-way through epoch 2, while shrinking
-            os.kill(os.getpid(), signal.SIGTERM)
-        return parts
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    from jetkd.train.loop import Preempted
-
-    with pytest.raises(Preempted):
-        Trainer(cdd_job(cache, lorentznet_teacher, tmp_path / "killed", TINY_DEEPSET, epochs=3), progress=False).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    resumed = Trainer(cdd_job(cache, lorentznet_teacher, tmp_path / "killed", TINY_DEEPSET, epochs=3), resume=True, progress=False)
-    resumed.fit()
-    a, b = (load_checkpoint(p / "last.pt") for p in (tmp_path / "full", tmp_path / "killed"))
-    for part in ("model", "method"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=k)
-    assert int((a["method"]["compactors.0.reset"] == 0).sum()) > 0  # the resets happened
+    """Killed at step 20, mid-way through epoch 2 while shrinking."""
+    full = assert_exact_resume(lambda run: cdd_job(cache, lorentznet_teacher, run, TINY_DEEPSET, epochs=3),
+                               tmp_path, 20, monkeypatch)
+    assert int((full["method"]["compactors.0.reset"] == 0).sum()) > 0  # the resets happened
 
 
 def test_compactors_get_their_own_learning_rate(cache, lorentznet_teacher, tmp_path):

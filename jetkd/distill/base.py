@@ -4,7 +4,7 @@ The trainer drives every method the same way::
 
     method.setup(student, teacher, taps, teacher_taps)   # once, with the taps of a sample batch: build heads,
                                                          # attach training-only modules to the student
-    per step:  method.set_progress(epoch + step / steps) # phases and ramps follow training progress
+    per step:  method.set_progress(epoch + step / steps, lr)  # phases and ramps follow training progress
                loss, parts = method.loss(StepOutputs(...))   # taps named in method.student_taps / teacher_taps
                loss.backward(); method.after_backward()      # gradient surgery (CDD)
                optimizer.step(); method.after_step()
@@ -58,6 +58,7 @@ class Method(nn.Module):
         self.student_taps: tuple[str, ...] = ()
         self.teacher_taps: tuple[str, ...] = ()
         self.progress = 0.0  # epochs of training done, fractional
+        self.lr = 0.0  # the job's learning rate for the current step
 
     def train_spec(self, spec: dict) -> dict:
         """The model config to build the trained student from (CDD starts wider than the configured one)."""
@@ -73,9 +74,10 @@ class Method(nn.Module):
               teacher_taps: dict[str, Tap]) -> None:
         """Build the method's modules once, knowing the shapes of a sample batch's taps."""
 
-    def set_progress(self, epochs: float) -> None:
-        """Training progress in epochs (``epoch + step / steps_per_epoch``), set before every step."""
-        self.progress = float(epochs)
+    def set_progress(self, epochs: float, lr: float = 0.0) -> None:
+        """Training progress in epochs (``epoch + step / steps_per_epoch``) and the job's learning rate for the
+        coming step (schedule applied, before any ``lr_scale``), set before every step."""
+        self.progress, self.lr = float(epochs), float(lr)
 
     def phase(self) -> str:
         """Name of the current phase (logged per epoch)."""

@@ -42,8 +42,11 @@ Here
       teacher retrieves. Scores average over the steps since the last selection. Every ``reset_every`` steps
       (from ``start_epochs`` on) the ``reset_channels`` lowest-scoring channels over all blocks, among those not
       yet reset, are reset for good -- fewer if the channels left unreset already fit the budget.
-    * Gradient surgery (:meth:`CDD.after_backward`, analytic lasso gradient, ResRep's rule):
-      ``grad Q_j = reset_j * task_grad_j + lasso * Q_j / ||Q_j||`` (reset_j = 0 once reset; 0 for pruned rows).
+    * Gradient surgery (:meth:`CDD.after_backward`, analytic lasso gradient, ResRep's rule for kept rows):
+      ``grad Q_j = task_grad_j + lasso * Q_j / ||Q_j||`` for kept rows, 0 for reset and pruned rows. A reset row
+      is forgotten by the lasso's proximal step instead (:meth:`CDD.after_step`, after the optimiser's):
+      ``Q_j <- Q_j * max(0, 1 - eta / ||Q_j||)``, ``eta = lr * compactor_lr_scale``: its norm falls by eta per
+      step and reaches exactly 0, so a unit row (the identity's) is gone ~1 / eta steps after its reset.
       The task loss ``CE + kd_weight * T^2 KL`` is what :meth:`CDD.loss` returns; the lasso value is logged.
     * Phases: "shrink" until the deployable model (the unpruned channels) fits the budget (checked after every
       step), then "finetune": lasso off, no new resets, the not-yet-pruned reset channels get their task gradient
@@ -65,11 +68,15 @@ Deviations, and why
       its rows up to biases: the lasso shrinks kept rows too, hardly resisted by the task loss, so only their
       norms relative to each other say which channels are being forgotten.
     * AdamW (the trainer's optimiser, weight decay on compactors included) instead of SGD with momentum 0.99 and
-      no decay: Adam normalises the gradient, so a reset row shrinks by at most about lr per step and per entry
-      (forgetting takes at least ~1 / lr steps, faster the larger lasso is against the task gradients in Adam's
-      memory; default 1e-2 instead of ResRep's 1e-4) and then hovers around zero rather than settling there;
-      hence rows are latched at the first crossing of the threshold and kept exactly zero afterwards. The
-      trained student therefore always is its deployable form.
+      no decay, and the proximal step for reset rows. Adam normalises the gradient entry by entry: a reset row
+      driven by the lasso's gradient through Adam would move by about lr per step and per entry, and then hover
+      around zero at that amplitude -- every entry, so its norm stays near lr * sqrt(C) -- and cross the
+      pruning threshold only once the schedule has brought lr down (in short runs, the last epochs; with step
+      decay, maybe never). Under ResRep's SGD the lasso gradient of a masked row is a step of lr * lambda along
+      -Q_j / ||Q_j||, which is exactly the proximal step with eta = lr * lambda; here eta = lr *
+      compactor_lr_scale, the speed at which Adam would shrink a unit row. Rows are latched at the first
+      crossing of the threshold and kept exactly zero afterwards, so the trained student always is its
+      deployable form.
     * The reset mask is persistent and only grows (ResRep recomputes it from the norms every interval); the
       selection uses the teacher-neighbourhood score above instead of the row norm (our reading of CDD's
       retrieval guidance; the paper's exact rule was not available); the lasso stops once the budget is met
@@ -407,8 +414,8 @@ class CDD(Method):
         self.bank_count.copy_((self.bank_count + t.shape[0]).clamp(max=size))
 
     def param_groups(self) -> list[dict]:
-        """The compactors at ``compactor_lr_scale`` times the job's learning rate: with AdamW a reset row moves by
-        about lr per step, so a short run needs a larger rate to prune within it."""
+        """The compactors at ``compactor_lr_scale`` times the job's learning rate (the same factor sets how fast
+        reset rows are forgotten, :meth:`after_step`), so that a short run can prune within it."""
         if self.options.compactor_lr_scale == 1.0:
             return []
         return [{"params": [c.weight for c in self.compactors], "lr_scale": self.options.compactor_lr_scale}]
@@ -417,7 +424,8 @@ class CDD(Method):
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        """``grad Q_j = reset_j * task_grad_j + lasso * Q_j / ||Q_j||`` while shrinking; pruned rows get none."""
+        """While shrinking: ``grad Q_j = task_grad_j + lasso * Q_j / ||Q_j||`` for kept rows, 0 for reset rows
+        (:meth:`after_step` forgets them); pruned rows never get a gradient."""
         finetuning = self.finetuning_now()
         for c in self.compactors:
             g = c.weight.grad
@@ -425,15 +433,21 @@ class CDD(Method):
                 continue
             if not finetuning:
                 q = c.weight.detach()
-                g.mul_(c.reset[:, None]).add_(self.options.lasso * q / q.norm(dim=1, keepdim=True).clamp(min=1e-12))
+                g.add_(self.options.lasso * q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)).mul_(c.reset[:, None])
             g[c.pruned] = 0
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Prune rows below threshold (zeroed for good); switch to fine-tuning once the deployable model fits the
-        budget; else every ``reset_every`` steps from ``start_epochs`` on, reset the lowest-scoring channels."""
+        """Shrink reset rows by the lasso's proximal step; prune rows below threshold (zeroed for good); switch to
+        fine-tuning once the deployable model fits the budget; else every ``reset_every`` steps from
+        ``start_epochs`` on, reset the lowest-scoring channels."""
         self.steps += 1
+        eta = self.lr * self.options.compactor_lr_scale
         for c in self.compactors:
+            if not self.finetuning_now():
+                forget = (c.reset == 0) & ~c.pruned
+                q = c.weight[forget]
+                c.weight[forget] = q * (1 - eta / q.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(min=0)
             c.pruned |= ~c.alive(self.options.threshold)
             c.weight[c.pruned] = 0
             c.reset[c.pruned] = 0

@@ -56,9 +56,9 @@ class CDDOptions:
     ``flops`` (per jet, at the mean multiplicity of the training jets) of the configured student, or
     ``budget_value`` if > 0. From ``start_epochs`` on, every ``reset_every`` steps the ``reset_channels``
     channels (over all blocks) least aligned with the teacher's neighbourhoods lose their task gradient for good;
-    the group lasso then drives their compactor rows below ``threshold`` times the block's largest row norm,
-    which prunes them (with AdamW this takes at least about 1 / lr steps). Once the budget is met: lasso off, no
-    more resets, fine-tuning (the only epochs that may become best.pt)."""
+    the group lasso's proximal step then shrinks their compactor rows to zero (a unit row in 1 / (lr *
+    compactor_lr_scale) steps), which prunes them. Once the budget is met: lasso off, no more resets,
+    fine-tuning (the only epochs that may become best.pt)."""
 
     teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t); LorentzNet: graph_dec.1
     width_factor: float = 2.0
@@ -72,7 +72,7 @@ class CDDOptions:
     reset_every: int = 20  # steps between reset selections (ResRep: 200)
     reset_channels: int = 4  # channels newly reset per selection, over all blocks (ResRep: 4)
     kd_weight: float = 1.0  # Hinton KD on the logits, at distill.temperature (0: off)
-    compactor_lr_scale: float = 1.0  # compactors' learning rate / optim.lr: a reset row needs ~1 / (lr * scale) steps
+    compactor_lr_scale: float = 1.0  # compactors' learning rate / optim.lr; a reset unit row is gone in 1 / (lr * scale) steps
 
 
 @dataclass

@@ -217,7 +217,7 @@ class Trainer:
         batch = self._to_device(batch)
         if self.job.train.boost_beta_max > 0:
             batch = self._augment(batch)
-        self.method.set_progress(self.epoch + self.step_in_epoch / len(self.loader))
+        self.method.set_progress(self.epoch + self.step_in_epoch / len(self.loader), self.optimizer.param_groups[0]["lr"])
         teacher_logits, teacher_taps = None, {}
         if self.teacher_cache is not None:
             teacher_logits = self.teacher_cache["logits"][batch.index]
