@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from jetkd.data.cache import JetCache
-from jetkd.evaluate.report import markdown_table, read_report
+from jetkd.evaluate import deploy_notes, markdown_table, read_report
 from jetkd.pipeline import _data_paths, load_pipeline, run_pipeline
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "compare_methods.yaml"
@@ -55,23 +55,12 @@ def main(argv: list[str] | None = None) -> Path:
         markdown_table(results),
         "",
     ]
-    deploys = [(name, e["deploy"]) for name, e in results.items() if e.get("deploy")]
-    for name, d in deploys:
-        lines.append(f"- {name}: " + ", ".join(f"{k} = {_short(v)}" for k, v in d.items()))
+    lines += deploy_notes(results)
     out = run_dir / "comparison.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     print(f"Comparison table in {out.resolve()}")
     return out
-
-
-def _short(value):
-    """A deploy-summary value for the table's notes: floats to 4 significant digits, whole floats as integers."""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() or abs(value) >= 1e4 else f"{value:.4g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from jetkd.evaluate import (
     boost_scan,
     count_flops,
     count_parameters,
+    deploy_notes,
     evaluate_model,
     flops_per_jet,
     invariance_score,
@@ -378,3 +379,10 @@ def test_read_report_round_trip(results, report_dir, tmp_path):
     write_report(tmp_path, back, plots=False)
     assert (tmp_path / "report.md").read_text() == (report_dir / "report.md").read_text()
     assert (tmp_path / "report.json").read_text() == (report_dir / "report.json").read_text()
+
+
+def test_deploy_notes_format_nested_summaries():
+    results = {"plain": {}, "cdd": {"deploy": {"deployed_widths": {"blocks.0": 1024}, "budget_value": 528386.0,
+                                               "parameter_reduction": 2.995545, "budget": "params"}}}
+    assert deploy_notes(results) == ["- cdd: deployed_widths = {blocks.0: 1,024}, budget_value = 528,386, "
+                                     "parameter_reduction = 2.996, budget = params"]

@@ -27,6 +27,7 @@ from jetkd.evaluate.metrics import (
 from jetkd.evaluate.plots import plot_boost_scan, plot_roc, plot_score_histograms
 from jetkd.evaluate.predict import predict, stage_batches
 from jetkd.evaluate.report import (
+    deploy_notes,
     evaluate_model,
     markdown_table,
     read_report,
@@ -45,6 +46,7 @@ __all__ = [
     "boost_transform",
     "count_flops",
     "count_parameters",
+    "deploy_notes",
     "evaluate_model",
     "flops_per_jet",
     "invariance_score",

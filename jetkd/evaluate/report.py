@@ -282,10 +282,18 @@ def _test_set_text(results: Mapping[str, dict]) -> str:
 
 def _deploy_value(v) -> str:
     if isinstance(v, float):
-        return f"{v:,.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return f"{v:,.0f}" if v.is_integer() or abs(v) >= 1e4 else f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(map(_deploy_value, v)) + "]"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_deploy_value(x)}" for k, x in v.items()) + "}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def deploy_notes(results: Mapping[str, dict]) -> list[str]:
+    """One markdown bullet per model with a deploy summary (e.g. CDD's widths and reductions)."""
+    return [f"- {name}: " + ", ".join(f"{k} = {_deploy_value(v)}" for k, v in e["deploy"].items())
+            for name, e in results.items() if e.get("deploy")]
 
 
 def markdown_report(results: Mapping[str, dict], title: str = "Evaluation report") -> str:
@@ -309,11 +317,9 @@ def markdown_report(results: Mapping[str, dict], title: str = "Evaluation report
         ),
         "",
     ]
-    deploys = [(name, e["deploy"]) for name, e in results.items() if e.get("deploy")]
-    if deploys:
-        parts += ["## Deploy forms", ""]
-        parts += [f"- {name}: " + ", ".join(f"{k} = {_deploy_value(v)}" for k, v in d.items()) for name, d in deploys]
-        parts += [""]
+    notes = deploy_notes(results)
+    if notes:
+        parts += ["## Deploy forms", "", *notes, ""]
     warnings = [(name, w) for name, e in results.items() for w in e.get("warnings", [])]
     if warnings:
         parts += ["## Warnings", ""] + [f"- {name}: {w}" for name, w in warnings] + [""]
