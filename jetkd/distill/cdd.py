@@ -444,10 +444,9 @@ class CDD(Method):
         self.steps += 1
         eta = self.lr * self.options.compactor_lr_scale
         for c in self.compactors:
-            if not self.finetuning_now():
-                forget = (c.reset == 0) & ~c.pruned
-                q = c.weight[forget]
-                c.weight[forget] = q * (1 - eta / q.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(min=0)
+            forget = (c.reset == 0) & ~c.pruned  # none once fine-tuning: every unpruned row is kept then
+            q = c.weight[forget]
+            c.weight[forget] = q * (1 - eta / q.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(min=0)
             c.pruned |= ~c.alive(self.options.threshold)
             c.weight[c.pruned] = 0
             c.reset[c.pruned] = 0
