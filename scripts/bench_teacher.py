@@ -8,7 +8,9 @@ model's own dense forward (on CPU with the per-pair chain fused and computed in 
 :mod:`jetkd.models.pair_chain`; the float64 same-math check runs that path too). A step is forward,
 cross-entropy, backward and an AdamW step, on batches of jets with realistic multiplicities, each padded to
 its own longest jet (as ``JetBatch.from_arrays`` does). The baseline's edge lists are built before the clock
-starts (the original builds them in its data loader).
+starts (the original builds them in its data loader). On CPU it also times the dense step's per-pair C x C
+matrix products on their own, at the same shapes and with the same BLAS calls ("matmul floor"): a float32
+dense step cannot be faster than that, whatever it does with the rest.
 
     python scripts/bench_teacher.py                       # CPU, batch 32 and 128
     python scripts/bench_teacher.py --device cuda --bf16  # GPU, autocast bf16
@@ -36,6 +38,7 @@ from jetkd.models.lorentznet import (
     mdot,
     psi,
 )
+from jetkd.models.pair_chain import chunk_slices
 
 REFERENCE = Path(__file__).resolve().parents[1] / "../shared/reference/lorentznet_top_parity.npz"
 
@@ -137,6 +140,28 @@ def timed(step, batch, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def pair_matmul_seconds(model: LorentzNet, mask: torch.Tensor, repeats: int = 3) -> float:
+    """Seconds that the dense CPU step's per-pair (pairs x C) x (C x C) products take on their own, at the fused
+    chain's chunk shapes: per block two forward (phi_e.3, phi_x.0) and four backward (their weight and input
+    gradients), one and two in the last block. Everything else in the step is element-wise or small, so this is
+    a floor under the dense step time (the best of ``repeats``, warm caches)."""
+    C = model.n_hidden
+    grid = PairGrid(torch.cat([mask.new_ones(len(mask), 2), mask], 1), default_group_cost(mask.device))
+    pairs = [(k.stop - k.start) * (i.stop - i.start) * L for b, L in grid.dims for k, i in chunk_slices(b, L)]
+    x, w = torch.randn(max(pairs), C), torch.randn(C, C)
+    gw, out = torch.empty(C, C), torch.empty(max(pairs), C)
+    layers = sum(2 - block.last_layer for block in model.LGEBs)  # C x C layers per pair
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for n in pairs * layers:
+            torch.mm(x[:n], w, out=out[:n])  # forward
+            torch.mm(x[:n], w.t(), out=out[:n])  # gradient of the input
+            torch.mm(x[:n].t(), out[:n], out=gw)  # gradient of the weight
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def check_same_math(model: LorentzNet, batch, edges) -> float:
     """Largest logit difference between the dense forward and the edge-list forward with the same weights,
     in float64, eval and training mode (training-mode BatchNorm statistics, the same dropout mask)."""
@@ -203,6 +228,9 @@ def run(batch_size: int, args, jets, device: torch.device) -> dict[str, float]:
             if k >= args.warmup:
                 times[name].append(t)
     rates = {name: batch_size / float(np.median(t)) for name, t in times.items()}
+    if device.type == "cpu":
+        floor = np.median([pair_matmul_seconds(model, b[1]) for b in batches[args.warmup:]])
+        rates["matmul floor"] = batch_size / float(floor)
     return rates
 
 
@@ -233,6 +261,10 @@ def main() -> None:
     for bs, rates in results.items():
         print(f"{bs:>6} " + " ".join(f"{rates[name]:>22.1f}" for name in names)
               + f" {rates['dense'] / rates['edge list']:>17.2f}x")
+    if "matmul floor" in names:
+        print("matmul floor: the dense step's per-pair C x C products alone (no element-wise work, warm caches); "
+              "no dense step can beat "
+              + ", ".join(f"{r['matmul floor'] / r['edge list']:.1f}x at batch {bs}" for bs, r in results.items()))
 
 
 if __name__ == "__main__":

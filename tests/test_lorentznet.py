@@ -195,10 +195,16 @@ def test_independent_of_padding_length_batch_and_grouping():
 # ----------------------------------------------------------------------------- same math as the original, training
 
 
-def _edge_list_forward():
+def _bench():
+    """``scripts/bench_teacher.py`` as a module."""
     spec = importlib.util.spec_from_file_location("bench_teacher", ROOT / "scripts" / "bench_teacher.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _edge_list_forward():
+    bench = _bench()
     return bench.edge_index, bench.edge_list_forward
 
 
@@ -224,6 +230,22 @@ def test_same_math_as_edge_list_formulation_in_training_mode():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9 * scale, msg=name)
     for (name, s), t in zip(dense.named_buffers(), base.buffers()):
         torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_bench_matmul_floor_covers_every_pair_and_layer():
+    """The benchmark's floor times three (pairs x C) x (C x C) products per C x C layer and pair of the grid the
+    dense model uses (two layers per block, one in the last), and nothing else."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jetkd.models.lorentznet import PairGrid, default_group_cost
+
+    model = LorentzNet(n_hidden=8, n_layers=3)
+    _, mask = random_jets(n_jets=6, seed=2)
+    with FlopCounterMode(display=False) as counter:
+        _bench().pair_matmul_seconds(model, mask, repeats=1)
+    grid = PairGrid(torch.cat([mask.new_ones(len(mask), 2), mask], 1), default_group_cost(mask.device))
+    pairs = sum(b * L * L for b, L in grid.dims)
+    assert counter.get_total_flops() == 3 * 2 * pairs * 8 * 8 * (2 + 2 + 1)
 
 
 def test_training_step_runs_with_finite_gradients():

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 CHUNK_PAIRS = 4096
 
 
-def _chunks(b: int, L: int) -> list[tuple[slice, slice]]:
+def chunk_slices(b: int, L: int) -> list[tuple[slice, slice]]:
     """(jets, rows) slices covering a (b, L, L) grid: whole jets while they fit in :data:`CHUNK_PAIRS`, else
     blocks of rows of one jet."""
     if L * L <= CHUNK_PAIRS:
@@ -67,7 +67,7 @@ class PairChain(torch.autograd.Function):
         agg = A.new_empty(b, L, C)
         dx = A.new_empty(b, L, 4) if coords else None
         saved = []  # per chunk: m0 (n, C), gw (n, 1), r2 (n, C), pw (n, 1)
-        for k, i in _chunks(b, L):
+        for k, i in chunk_slices(b, L):
             r1 = _pre(A, B, e, w_e, k, i)[1].relu_()
             m0 = torch.addmm(b_3, r1, w_3.t()).relu_()  # phi_e's output, ungated
             wk = w[k, i].reshape(-1, 1)
@@ -100,7 +100,7 @@ class PairChain(torch.autograd.Function):
         if coords:
             g_dx = torch.zeros_like(A[..., :4]) if g_dx is None else g_dx.contiguous()
             dw_x0, db_x0, dw_x2 = torch.zeros_like(w_x0), w_x0.new_zeros(C), torch.zeros_like(w_x2)
-        for (k, i), (m0, gw, r2, pw) in zip(_chunks(b, L), zip(*[iter(saved)] * 4)):
+        for (k, i), (m0, gw, r2, pw) in zip(chunk_slices(b, L), zip(*[iter(saved)] * 4)):
             p, r1 = _pre(A, B, e, w_e, k, i)
             r1.relu_()
             ga = g_agg[k, i, None]  # (jets, rows, 1, C): d loss / d m_ij (m is 0 on padded pairs)
