@@ -245,6 +245,27 @@ def test_selection_resets_the_lowest_scores_and_stops_once_the_kept_channels_fit
     assert method.fits(method.widths("kept")) and not method.fits(method.widths("alive"))
 
 
+def test_selection_keeps_every_block_at_its_floor():
+    """Scores of one block far below the others' do not empty it: it stops at min_width of its configured width
+    and the selection goes on in the other block."""
+    method, _ = cdd_student(TINY_MLP, reset_channels=60, min_width=0.25)
+    method.options = CDDOptions(**{**method.options.__dict__, "budget_value": 1.0})  # 1 parameter: never fits
+    assert method.min_widths == {"blocks.0": 8, "blocks.1": 8}  # 0.25 x 32
+    c0, c1 = method.compactors
+    c0.score_sum.fill_(-10.0), c1.score_sum.copy_(torch.linspace(0, 1, 64, dtype=torch.float64))
+    method.score_count.fill_(1.0)
+    method._select()
+    assert method.widths("kept") == {"blocks.0": 8, "blocks.1": 60}
+    assert torch.nonzero(c1.reset == 0).flatten().tolist() == [0, 1, 2, 3]  # the rest, lowest scores first
+
+
+def test_a_floor_over_the_budget_is_an_input_error():
+    with pytest.raises(InputError, match="distill.cdd.min_width"):
+        cdd_student(TINY_MLP, min_width=1.0, budget_value=100.0)
+    with pytest.raises(InputError, match="distill.cdd.min_width"):
+        CDD(CDDOptions(teacher_tap="graph_dec.1", min_width=1.5))
+
+
 def test_budget_stop_switches_to_finetuning():
     method, student = cdd_student(TINY_MLP, start_epochs=0.0, reset_every=1)
     assert method.phase() == "shrink" and not method.selectable()

@@ -55,7 +55,8 @@ class CDDOptions:
     LinearBlock, and shrinks until the deployable model fits ``budget``: ``params`` (trainable parameters) or
     ``flops`` (per jet, at the mean multiplicity of the training jets) of the configured student, or
     ``budget_value`` if > 0. From ``start_epochs`` on, every ``reset_every`` steps the ``reset_channels``
-    channels (over all blocks) least aligned with the teacher's neighbourhoods lose their task gradient for good;
+    channels (over all blocks; every block keeps ``min_width`` of its configured width) least aligned with the
+    teacher's neighbourhoods lose their task gradient for good;
     the group lasso's proximal step then shrinks their compactor rows to zero (a unit row in 1 / (lr *
     compactor_lr_scale) steps), which prunes them. Once the budget is met: lasso off, no more resets,
     fine-tuning (the only epochs that may become best.pt)."""
@@ -71,6 +72,7 @@ class CDDOptions:
     start_epochs: float = 1.0  # no resets before (ResRep: 5 epochs of lasso alone)
     reset_every: int = 20  # steps between reset selections (ResRep: 200)
     reset_channels: int = 4  # channels newly reset per selection, over all blocks (ResRep: 4)
+    min_width: float = 0.25  # every block keeps at least this fraction of its configured width (>= 1 channel)
     kd_weight: float = 1.0  # Hinton KD on the logits, at distill.temperature (0: off)
     compactor_lr_scale: float = 1.0  # compactors' learning rate / optim.lr; a reset unit row is gone in 1 / (lr * scale) steps
 
