@@ -70,8 +70,10 @@ class Trainer:
         self.model_spec = self.method.train_spec(job.model)
         self.model = build_model(self.model_spec).to(self.env.device)
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
+        self._teacher_on_sample = None
         self._setup_method()
         self.teacher_cache = self._cached_teacher_outputs() if self._teacher_cacheable() else None
+        self._teacher_on_sample = None  # set-up only
         special = self.method.param_groups()
         taken = {id(p) for g in special for p in g["params"]}
         params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad and id(p) not in taken]
@@ -110,12 +112,12 @@ class Trainer:
         self.teacher_recorder = TapRecorder(self.teacher, m.teacher_taps, "distill: teacher tap") if self.teacher is not None else None
         if not (m.student_taps or m.teacher_taps or type(m).setup is not Method.setup):
             return
-        sample = self._to_device(next(iter(JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False))))
+        sample = self._sample()
         self.model.eval()
         with torch.no_grad():
             with self.student_recorder:
                 self.model(sample.p4, sample.mask)
-            teacher_taps = self._teacher_outputs(sample)[1] if self.teacher is not None else {}
+            teacher_taps = self._sample_teacher_outputs()[1] if self.teacher is not None else {}
             m.setup(self.model, self.teacher, self.student_recorder.taps, teacher_taps)
         self.model.train()
         m.to(self.env.device)
@@ -125,12 +127,20 @@ class Trainer:
         ``TEACHER_CACHE_BYTES`` (per-constituent taps are stored for every constituent slot of the cache)."""
         if self.teacher is None or self.job.train.boost_beta_max > 0:
             return False
-        sample = self._to_device(next(iter(JetLoader(self.train_cache, 2, shuffle=False))))
-        with torch.no_grad():
-            logits, taps = self._teacher_outputs(sample)
+        logits, taps = self._sample_teacher_outputs()
         slots = self.train_cache.max_particles
         per_jet = logits.shape[1] + sum(t.dim * (slots if t.per_constituent else 1) for t in taps.values())
         return 4 * per_jet * len(self.train_cache) <= TEACHER_CACHE_BYTES
+
+    def _sample(self) -> JetBatch:
+        """The first (up to) 64 training jets, in file order: what set-up looks at."""
+        return self._to_device(next(iter(JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False))))
+
+    def _sample_teacher_outputs(self) -> tuple[torch.Tensor, dict[str, Tap]]:
+        """:meth:`_teacher_outputs` of :meth:`_sample`, computed once (set-up and the cache sizing both read it)."""
+        if self._teacher_on_sample is None:
+            self._teacher_on_sample = self._teacher_outputs(self._sample())
+        return self._teacher_on_sample
 
     def _teacher_outputs(self, batch: JetBatch) -> tuple[torch.Tensor, dict[str, Tap]]:
         """Teacher logits (B, n_class) float32 and the teacher taps the method reads."""
