@@ -266,6 +266,14 @@ def test_a_floor_over_the_budget_is_an_input_error():
         CDD(CDDOptions(teacher_tap="graph_dec.1", min_width=1.5))
 
 
+
+def test_option_bounds_name_the_key():
+    with pytest.raises(InputError, match=r"distill\.cdd\.reset_every: must be >= 1, got 0"):
+        CDD(CDDOptions(teacher_tap="graph_dec.1", reset_every=0))
+    with pytest.raises(InputError, match=r"distill\.cdd\.lasso: must be >= 0, got -0\.1"):
+        CDD(CDDOptions(teacher_tap="graph_dec.1", lasso=-0.1))
+
+
 def test_budget_stop_switches_to_finetuning():
     method, student = cdd_student(TINY_MLP, start_epochs=0.0, reset_every=1)
     assert method.phase() == "shrink" and not method.selectable()

@@ -99,7 +99,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jetkd.distill.base import Method, StepOutputs
 from jetkd.distill.kd import kd_loss
-from jetkd.distill.options import CDDOptions
+from jetkd.distill.options import CDDOptions, require_at_least
 from jetkd.distill.taps import Tap
 from jetkd.errors import InputError
 from jetkd.evaluate.flops import count_parameters
@@ -270,12 +270,8 @@ class CDD(Method):
             raise InputError("distill.cdd.teacher_tap", "needs a teacher representation for the neighbour search, e.g. graph_dec.1")
         if o.budget not in ("params", "flops"):
             raise InputError("distill.cdd.budget", f"{o.budget!r} is not one of params, flops")
-        if o.width_factor < 1:
-            raise InputError("distill.cdd.width_factor", f"must be >= 1, got {o.width_factor}")
-        if min(o.neighbours, o.bank_size, o.reset_every, o.reset_channels) < 1:
-            raise InputError("distill.cdd", "neighbours, bank_size, reset_every and reset_channels must be >= 1")
-        if min(o.lasso, o.threshold, o.budget_value, o.start_epochs, o.kd_weight) < 0:
-            raise InputError("distill.cdd", "lasso, threshold, budget_value, start_epochs and kd_weight must be >= 0")
+        require_at_least("distill.cdd", o, 1, "width_factor", "neighbours", "bank_size", "reset_every", "reset_channels")
+        require_at_least("distill.cdd", o, 0, "lasso", "threshold", "budget_value", "start_epochs", "kd_weight")
         if not 0 <= o.min_width <= 1:
             raise InputError("distill.cdd.min_width", f"must be in [0, 1] (a fraction of the configured width), got {o.min_width}")
         self.options, self.temperature = o, temperature

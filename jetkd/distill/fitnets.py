@@ -58,7 +58,7 @@ from torch import nn
 
 from jetkd.distill.base import Method, StepOutputs
 from jetkd.distill.heads import TapRegressor, half_squared_error, regressor_for
-from jetkd.distill.options import FitNetsOptions
+from jetkd.distill.options import FitNetsOptions, require_at_least
 from jetkd.distill.taps import Tap
 from jetkd.errors import InputError
 
@@ -89,9 +89,7 @@ class FitNets(Method):
             raise InputError(f"{where}.hint", "a teacher module path is required (e.g. LGEBs.0 or graph_dec.1)")
         if not options.guided:
             raise InputError(f"{where}.guided", "a student module path is required (e.g. phi.blocks.0 or blocks.0)")
-        for key in ("stage1_epochs", "lambda_start", "lambda_end", "lambda_epochs"):
-            if getattr(options, key) < 0:
-                raise InputError(f"{where}.{key}", f"must be >= 0, got {getattr(options, key)}")
+        require_at_least(where, options, 0, "stage1_epochs", "lambda_start", "lambda_end", "lambda_epochs")
         self.options, self.temperature = options, float(temperature)
         self.student_taps, self.teacher_taps = (options.guided,), (options.hint,)
         self.regressor: TapRegressor | None = None

@@ -47,7 +47,7 @@ from torch import nn
 
 from jetkd.distill.base import Method, StepOutputs, deploy_copy
 from jetkd.distill.kd import kd_loss
-from jetkd.distill.options import NormOptions
+from jetkd.distill.options import NormOptions, require_at_least
 from jetkd.distill.taps import Tap, check_paths
 from jetkd.errors import InputError
 from jetkd.models.layers import MaskedBatchNorm1d
@@ -123,10 +123,8 @@ class NORM(Method):
         o = options
         if not o.teacher_tap:
             raise InputError("distill.norm.teacher_tap", "needs the teacher's last hidden representation, e.g. graph_dec.1")
-        if o.n < 1:
-            raise InputError("distill.norm.n", f"must be >= 1, got {o.n}")
-        if min(o.gamma, o.kd_weight, o.beta, o.beta_warmup_epochs) < 0:
-            raise InputError("distill.norm", "gamma, kd_weight, beta and beta_warmup_epochs must be >= 0")
+        require_at_least("distill.norm", o, 1, "n")
+        require_at_least("distill.norm", o, 0, "gamma", "kd_weight", "beta", "beta_warmup_epochs")
         self.options, self.temperature = o, temperature
         self.teacher_taps = (o.teacher_tap,)
         self.transform: FeatureTransform | None = None

@@ -10,6 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jetkd.errors import InputError
+
+
+def require_at_least(section: str, options, minimum: float, *keys: str) -> None:
+    """An :class:`InputError` naming ``section.key`` for the first of ``keys`` whose option is below ``minimum``."""
+    for key in keys:
+        value = getattr(options, key)
+        if value < minimum:
+            raise InputError(f"{section}.{key}", f"must be >= {minimum:g}, got {value}")
+
 
 @dataclass
 class FitNetsOptions:
