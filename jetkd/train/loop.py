@@ -70,10 +70,10 @@ class Trainer:
         self.model_spec = self.method.train_spec(job.model)
         self.model = build_model(self.model_spec).to(self.env.device)
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
-        self._teacher_on_sample = None
+        self._setup_sample = self._teacher_on_sample = None  # set-up only, made when first needed
         self._setup_method()
         self.teacher_cache = self._cached_teacher_outputs() if self._teacher_cacheable() else None
-        self._teacher_on_sample = None  # set-up only
+        self._setup_sample = self._teacher_on_sample = None
         special = self.method.param_groups()
         taken = {id(p) for g in special for p in g["params"]}
         params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad and id(p) not in taken]
@@ -133,8 +133,11 @@ class Trainer:
         return 4 * per_jet * len(self.train_cache) <= TEACHER_CACHE_BYTES
 
     def _sample(self) -> JetBatch:
-        """The first (up to) 64 training jets, in file order: what set-up looks at."""
-        return self._to_device(next(iter(JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False))))
+        """The first (up to) 64 training jets, in file order, read once: what set-up looks at."""
+        if self._setup_sample is None:
+            loader = JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False)
+            self._setup_sample = self._to_device(next(iter(loader)))
+        return self._setup_sample
 
     def _sample_teacher_outputs(self) -> tuple[torch.Tensor, dict[str, Tap]]:
         """:meth:`_teacher_outputs` of :meth:`_sample`, computed once (set-up and the cache sizing both read it)."""
