@@ -23,8 +23,8 @@ from torch.autograd.function import once_differentiable
 
 # Pairs per chunk: a (pairs, 72) float32 tensor is 4.7 MB; the handful a chunk keeps live fit in L3 (32 MB on the
 # 2-core reference machine). Smaller chunks pay more per-op overhead (and likely split each product less evenly
-# between the threads): in interleaved training steps (batch 32 and 128), 16384 pairs ran 11-13% faster than 4096 and 2-5% faster
-# than 8192, 32768 or 65536.
+# between the threads): in interleaved training steps (batch 32 and 128), 16384 pairs ran 11-13% faster than
+# 4096 and 2-5% faster than 8192, 32768 or 65536.
 CHUNK_PAIRS = 16384
 
 
