@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jetkd.data.cache import JetCache
 from jetkd.evaluate import deploy_notes, markdown_table, read_report
+from jetkd.evaluate.report import write_text_atomic
 from jetkd.pipeline import _data_paths, load_pipeline, run_pipeline
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "compare_methods.yaml"
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     lines += deploy_notes(results)
     out = run_dir / "comparison.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_text_atomic(out, "\n".join(lines) + "\n")
     print(out.read_text())
     print(f"Comparison table in {out.resolve()}")
     return out

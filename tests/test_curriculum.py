@@ -166,6 +166,8 @@ def test_config_errors_name_the_key():
         CurriculumExtraction(options(teacher_taps=[], phase_epochs=[]), 1.0)
     with pytest.raises(InputError, match="distill.curriculum.student_tap"):
         CurriculumExtraction(options(student_tap=""), 1.0)
+    with pytest.raises(InputError, match=r"distill\.curriculum\.dim: must be >= 1, got 0"):
+        CurriculumExtraction(options(dim=0), 1.0)
     with pytest.raises(InputError, match="distill.curriculum.alpha"):
         CurriculumExtraction(options(alpha=1.5), 1.0)
     with pytest.raises(InputError, match="no epoch is left for the final KD phase"):

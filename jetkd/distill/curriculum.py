@@ -88,7 +88,7 @@ from torch import nn
 from jetkd.distill.base import Method, StepOutputs
 from jetkd.distill.heads import half_squared_error, regressor_for
 from jetkd.distill.kd import kd_loss
-from jetkd.distill.options import CurriculumOptions
+from jetkd.distill.options import CurriculumOptions, require_at_least
 from jetkd.distill.taps import Tap
 from jetkd.errors import InputError
 
@@ -137,8 +137,7 @@ class CurriculumExtraction(Method):
             raise InputError(f"{KEY}.teacher_taps", "no teacher taps: give the teacher's hidden layers, shallow to deep")
         if not options.student_tap:
             raise InputError(f"{KEY}.student_tap", "no student tap: give the student module the heads read")
-        if options.dim < 1:
-            raise InputError(f"{KEY}.dim", f"expected a positive projection dimension, got {options.dim}")
+        require_at_least(KEY, options, 1, "dim")
         if not 0 <= options.alpha <= 1:
             raise InputError(f"{KEY}.alpha", f"expected 0 <= alpha <= 1, got {options.alpha}")
         self.ends = _boundaries(options)
@@ -183,7 +182,6 @@ class CurriculumExtraction(Method):
         target = self.project(i, out.teacher_taps[self.options.teacher_taps[i]])
         extract = half_squared_error(self.heads[i](out.taps[self.options.student_tap]), target)
         return extract, {**parts, "extract": extract.item()}
-
 
     def extra_repr(self) -> str:
         o = self.options

@@ -126,7 +126,6 @@ class FitNets(Method):
         parts = {"hint": hint.item(), "ce": ce.item(), "kd": kd.item(), "lambda": lam}
         return (hint if stage1 else ce + lam * kd), parts
 
-
     def extra_repr(self) -> str:
         o = self.options
         return (f"hint={o.hint!r}, guided={o.guided!r}, stage1_epochs={o.stage1_epochs}, lambda={o.lambda_start}"

@@ -349,8 +349,8 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: run_dir / FILES[key] for key in FILES}
     doc = {"format_version": FORMAT_VERSION, "jetkd_version": jetkd.__version__, "models": _jsonable(results)}
-    _write_text(paths["json"], json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    _write_text(paths["markdown"], markdown_report(results, title))
+    write_text_atomic(paths["json"], json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(paths["markdown"], markdown_report(results, title))
     arrays = {}
     for name, entry in results.items():
         if entry.get("_scores") is not None and entry.get("_labels") is not None:
@@ -372,8 +372,8 @@ def write_report(
     return paths
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic: a reader never sees half a report."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -172,9 +172,9 @@ class Trainer:
             return torch.load(store, map_location=self.env.device, weights_only=True)
         loader = JetLoader(self.train_cache, self.job.train.eval_batch_size, shuffle=False)
         parts: dict[str, list[torch.Tensor]] = {}
+        slots = self.train_cache.max_particles
         for batch in map(self._to_device, loader):
             logits, taps = self._teacher_outputs(batch)
-            slots = self.train_cache.max_particles
             padded = {p: F.pad(t.value * t.mask[..., None], (0, 0, 0, slots - t.value.shape[1])) if t.per_constituent
                       else t.value for p, t in taps.items()}
             for k, v in {"logits": logits, **padded}.items():
