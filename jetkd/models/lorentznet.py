@@ -152,8 +152,9 @@ class PairGrid:
 def default_group_cost(device: torch.device) -> float:
     """Overhead of one more group of the pair grid, in pairs (measured: 2 CPU cores; H100, batches 32..512).
     On CPU a pair costs ~10 us of CPU time per training step and a group ~100 more small ops (one thread:
-    512 to 2048 time alike within noise, 8192 is ~10% slower at batch 32); on a GPU pairs are cheap and kernel
-    launches dominate, so few groups."""
+    512 to 2048 time alike within noise, 8192 is ~10% slower at batch 32; with 2 threads and 16384-pair chunks,
+    1024 was still the fastest of 256, 1024, 4096, 16384); on a GPU pairs are cheap and kernel launches
+    dominate, so few groups."""
     return 1024.0 if device.type == "cpu" else 262144.0
 
 
