@@ -23,7 +23,8 @@ The recipe follows the Top Quark Tagging Reference dataset (arXiv:1902.09914), a
   more QCD jet than top jets), shuffled with a permutation seeded by ``seed``; a TTree ``tree`` with the
   JetClass branches ``part_px, part_py, part_pz, part_energy`` (jagged float32), ``jet_pt, jet_eta, jet_phi,
   jet_energy, jet_mass`` (float32), ``jet_nparticles`` (int32, also the counter of the jagged branches)
-  and ``label_QCD, label_Tbqq`` (int32 0/1).
+  and ``label_QCD, label_Tbqq`` (int32 0/1); next to it a string (TObjString) ``jetkd_provenance`` holding the
+  generation settings as JSON (see :func:`provenance`; read back with ``jetkd.data.readers.file_metadata``).
 
 Work is spread over ``workers`` processes ("spawn" context); each gets a fixed share of the jets of each
 class and its own Pythia seeds derived from ``(seed, worker, class)``, so the same ``seed``, ``n_jets`` and
@@ -38,6 +39,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
 import multiprocessing
 import os
 import pathlib
@@ -490,13 +493,35 @@ def _chunk_data(jets: dict[str, np.ndarray], branches: dict[str, np.ndarray], st
     return {"part": part, **{k: v[start:stop] for k, v in branches.items()}}
 
 
-def write_root(path: pathlib.Path, jets: dict[str, np.ndarray]) -> None:
-    """Write the TTree ``tree`` (JetClass-style branches, see the module docstring) to ``path`` with uproot."""
+def provenance(n_jets: int, seed: int, massless: bool) -> dict:
+    """The generation settings stored as JSON in the file's ``jetkd_provenance`` string (energies in GeV)."""
+    import jetkd
+
+    return {
+        "generator": f"Pythia {importlib.metadata.version('pythia8mc')}, anti-kT R={JET_R} via fjcore",
+        "sqrt_s_gev": ECM,
+        "jet_r": JET_R,
+        "pt_min_gev": PT_MIN,
+        "pt_max_gev": PT_MAX,
+        "eta_max": ETA_MAX,
+        "pthat_window_gev": list(PTHAT_WINDOW),
+        "massless": bool(massless),
+        "seed": int(seed),
+        "n_jets": int(n_jets),
+        "processes": {"signal": "ttbar all-hadronic", "background": "QCD dijets"},
+        "jetkd_version": jetkd.__version__,
+    }
+
+
+def write_root(path: pathlib.Path, jets: dict[str, np.ndarray], *, seed: int, massless: bool) -> None:
+    """Write the TTree ``tree`` (JetClass-style branches, see the module docstring) and the ``jetkd_provenance``
+    string (:func:`provenance`) to ``path`` with uproot."""
     import uproot
 
     branches = jet_branches(jets)
     n = len(jets["counts"])
     with uproot.recreate(path) as f:
+        f["jetkd_provenance"] = json.dumps(provenance(n, seed, massless), sort_keys=True)
         tree = None
         for start in range(0, n, _WRITE_CHUNK):
             data = _chunk_data(jets, branches, start, min(n, start + _WRITE_CHUNK))
@@ -507,11 +532,11 @@ def write_root(path: pathlib.Path, jets: dict[str, np.ndarray]) -> None:
                 tree.extend(data)
 
 
-def _write_atomic(out: pathlib.Path, jets: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file next to ``out`` and rename it; nothing is left behind on any error."""
+def _write_atomic(out: pathlib.Path, jets: dict[str, np.ndarray], *, seed: int, massless: bool) -> None:
+    """:func:`write_root` to a temporary file next to ``out`` and rename it; nothing is left behind on any error."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        write_root(tmp, jets)
+        write_root(tmp, jets, seed=seed, massless=massless)
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -581,7 +606,7 @@ def generate(
     with _progress_bar(int(n_jets), progress) as bar:
         results = _run_in_process(tasks, bar) if workers == 1 else _run_in_workers(tasks, bar)
     jets = assemble(results, int(seed))
-    _write_atomic(out, jets)
+    _write_atomic(out, jets, seed=int(seed), massless=bool(massless))
     wall = time.perf_counter() - start
     print(_summary(out, jets, results, wall, len(tasks)))
     return out

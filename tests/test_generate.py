@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 
 import awkward as ak
@@ -10,8 +11,10 @@ import pytest
 import uproot
 
 from data_prep import generate as gen
+import jetkd
 from jetkd import lorentz
 from jetkd.cli import main
+from jetkd.data.readers import file_metadata, iter_jets
 from jetkd.errors import InputError
 
 N_JETS = 300
@@ -40,11 +43,16 @@ def summed_p4(data) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
+def sample_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("generate") / "jets.root"
     returned = gen.generate(path, n_jets=N_JETS, seed=3, workers=2, progress=False)
     assert returned == path
-    return read_tree(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample(sample_path):
+    return read_tree(sample_path)
 
 
 # ----------------------------------------------------------------------------- the file
@@ -59,6 +67,19 @@ def test_branches_and_types(sample):
         assert sample[name].dtype == np.int32, name
     assert len(sample["jet_pt"]) == N_JETS
     assert "part_E" not in sample
+
+
+def test_provenance_metadata(sample_path):
+    meta = file_metadata(sample_path)
+    assert meta == {
+        "generator": f"Pythia {importlib.metadata.version('pythia8mc')}, anti-kT R=0.8 via fjcore",
+        "sqrt_s_gev": gen.ECM, "jet_r": gen.JET_R, "pt_min_gev": gen.PT_MIN, "pt_max_gev": gen.PT_MAX,
+        "eta_max": gen.ETA_MAX, "pthat_window_gev": list(gen.PTHAT_WINDOW), "massless": False, "seed": 3,
+        "n_jets": N_JETS, "processes": {"signal": "ttbar all-hadronic", "background": "QCD dijets"},
+        "jetkd_version": jetkd.__version__,
+    }
+    chunks = list(iter_jets(sample_path))  # the provenance string is not taken for a second tree
+    assert sum(map(len, chunks)) == N_JETS and chunks[0].class_names == ("QCD", "Tbqq")
 
 
 def test_every_jet_passes_selection(sample):
@@ -113,6 +134,7 @@ def test_same_seed_same_arrays(tmp_path):
 
 def test_massless_in_process(tmp_path):
     path = gen.generate(tmp_path / "massless.root", n_jets=6, seed=2, workers=1, massless=True, progress=False)
+    assert file_metadata(path)["massless"] is True and file_metadata(path)["seed"] == 2
     data = read_tree(path)
     c = constituent_p4(data)
     np.testing.assert_allclose(ak.to_numpy(ak.flatten(c.E)), ak.to_numpy(ak.flatten(lorentz.p_abs(c))), rtol=2e-7)
@@ -247,14 +269,14 @@ def test_bad_arguments_raise_input_error(tmp_path, kwargs, names):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    def write_then_interrupt(path, jets):
+    def write_then_interrupt(path, jets, *, seed, massless):
         path.write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gen, "write_root", write_then_interrupt)
     jets = {"constituents": np.zeros((0, 4), np.float32), "counts": np.zeros(0, np.int32)}
     with pytest.raises(KeyboardInterrupt):
-        gen._write_atomic(tmp_path / "jets.root", jets)
+        gen._write_atomic(tmp_path / "jets.root", jets, seed=1, massless=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 import uproot
 
-from jetkd.data.readers import FORMATS, count_jets, detect_format, iter_jets
+from jetkd.data.arrays import JetArrays, make_p4
+from jetkd.data.readers import FORMATS, count_jets, detect_format, file_metadata, iter_jets
 from jetkd.errors import InputError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lorentznet_top_parity.npz"
@@ -74,11 +77,13 @@ def truncate(path):
 # ----------------------------------------------------------------------------- ROOT
 
 
-def write_root(path, comps, label, layout, tree="tree", extra=None):
+def write_root(path, comps, label, layout, tree="tree", extra=None, with_labels=True):
     """A JetClass-style file: ``layout`` in ttree_zip / ttree_branches (mktree) or rntuple_zip / rntuple_branches
-    (``file[name] = {...}``, which uproot >= 5.7 writes as an RNTuple)."""
+    (``file[name] = {...}``, which uproot >= 5.7 writes as an RNTuple); no ``label_*`` branches unless
+    ``with_labels``."""
     px, py, pz, E = comps
     onehot = {"label_QCD": (label == 0).astype(np.int32), "label_Tbqq": (label == 1).astype(np.int32)}
+    onehot = onehot if with_labels else {}
     jet = {"jet_pt": np.hypot(ak.to_numpy(ak.sum(px, 1)), ak.to_numpy(ak.sum(py, 1))).astype(np.float32),
            "jet_nparticles": ak.to_numpy(ak.num(px)).astype(np.int32)}
     if layout.endswith("_zip"):
@@ -213,10 +218,15 @@ def toptagging_frame(n=N_JETS, n_const=200, seed=2):
     return cols, expected, cols["is_signal_new"]
 
 
-def write_pandas(path, cols):
+def write_pandas(path, cols, fmt="table", key="table"):
+    """``DataFrame(cols).to_hdf(path, key=key)`` in pandas' ``fmt`` ("table", or "fixed": to_hdf's default)."""
     pd = pytest.importorskip("pandas")
     pytest.importorskip("tables")
-    pd.DataFrame(cols).to_hdf(path, key="table", format="table")
+    frame = pd.DataFrame(cols)
+    if fmt == "fixed":
+        frame.to_hdf(path, key=key)  # no format=: pandas' default fixed layout, as users write subsets
+    else:
+        frame.to_hdf(path, key=key, format=fmt)
     return path
 
 
@@ -283,6 +293,52 @@ def test_toptagging_bad_content(tmp_path):
     cut = truncate(write_pandas(tmp_path / "cut.h5", cols))
     raises_input_error(lambda: detect_format(cut), cut, "cannot open the HDF5 file")
     raises_input_error(drain(cut, format="toptagging"), cut, "truncated or corrupt")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("fmt", ["table", "fixed"])
+def test_toptagging_pandas_formats_read_exactly(tmp_path, monkeypatch, fmt, shuffle):
+    """A subset saved with ``to_hdf`` in either pandas format, columns in any order, reads back exactly."""
+    cols, expected, label = toptagging_frame(n=7, n_const=30)
+    if shuffle:
+        cols = {str(c): cols[c] for c in np.random.default_rng(5).permutation(list(cols))}
+    path = write_pandas(tmp_path / "subset.h5", cols, fmt=fmt)
+    if fmt == "fixed":
+        with h5py.File(path) as f:  # the layout this reader relies on: one (rows x columns) block per dtype
+            group = f["table"]
+            assert group.attrs["pandas_type"] == b"frame" and "table" not in group
+            blocks = {k[: -len("_items")]: [n.decode() for n in group[k][()]] for k in group if k.endswith("_items")}
+            assert len(blocks) == 2 and sorted(c for names in blocks.values() for c in names) == sorted(cols)
+            assert ["is_signal_new", "ttv"] in [sorted(names) for names in blocks.values()]
+            for block, names in blocks.items():
+                assert group[f"{block}_values"].shape == (7, len(names))
+    monkeypatch.setitem(sys.modules, "pandas", None)  # read with h5py alone
+    monkeypatch.setitem(sys.modules, "tables", None)
+    assert detect_format(path) == "toptagging"
+    assert count_jets(path) == 7
+    chunks, p4, got = read_all(path, step_size=3)
+    assert [c.entries for c in chunks] == [(0, 2), (3, 5), (6, 6)]
+    assert all(c.class_names == ("QCD", "top") for c in chunks)
+    assert_jets_equal(p4, expected)
+    np.testing.assert_array_equal(got, label)
+
+
+def test_toptagging_fixed_frame_choice_and_content(tmp_path):
+    cols, expected, label = toptagging_frame(n=3, n_const=10)
+    only = write_pandas(tmp_path / "only.h5", cols, fmt="fixed", key="jets")
+    _, p4, got = read_all(only)  # no frame called "table": the only one
+    assert_jets_equal(p4, expected)
+    two = write_pandas(write_pandas(tmp_path / "two.h5", cols, fmt="fixed", key="jets"), cols, fmt="fixed", key="more")
+    raises_input_error(drain(two), two, "several pandas frames (jets, more)", "branch_map={'key': NAME}")
+    assert count_jets(two, branch_map={"key": "more"}) == 3
+    mixed = write_pandas(write_pandas(tmp_path / "mixed.h5", cols, fmt="fixed", key="other"), cols, key="table")
+    assert detect_format(mixed) == "toptagging" and count_jets(mixed) == 3  # "table" wins
+    empty = write_pandas(tmp_path / "empty.h5", {c: v[:0] for c, v in cols.items()}, fmt="fixed")
+    assert count_jets(empty) == 0 and list(iter_jets(empty)) == []
+    text = write_pandas(tmp_path / "text.h5", dict(cols, is_signal_new=np.array(["top", "qcd", "top"], object)),
+                        fmt="fixed")
+    raises_input_error(drain(text), text, "must be numeric")
+    assert len(next(iter_jets(text, label_mode="none"))) == 3
 
 
 # ----------------------------------------------------------------------------- LorentzNet HDF5
@@ -448,3 +504,181 @@ def test_npz_is_streamed(tmp_path, monkeypatch):
     next(stream)
     assert -1 not in sizes and max(sizes) <= 10 * X[0].nbytes
     assert count_jets(path) == 40
+
+
+# ----------------------------------------------------------------------------- label modes, validation, class names
+
+
+def small_file(fmt, tmp_path, name, with_labels=True):
+    """A tiny ``fmt`` file, with or without its default label column: ``(path, labels, class names)``."""
+    if fmt == "root":
+        comps, label = make_jets()
+        return write_root(tmp_path / f"{name}.root", comps, label, "rntuple_zip", with_labels=with_labels), label, (
+            "QCD", "Tbqq")
+    if fmt == "toptagging":
+        cols, _, label = toptagging_frame(n_const=20)
+        cols = {c: v for c, v in cols.items() if with_labels or c != "is_signal_new"}
+        return write_pandas(tmp_path / f"{name}.h5", cols, fmt="fixed"), label, ("QCD", "top")
+    if fmt == "lgn":
+        pmu, nobj, label = lgn_arrays()
+        drop = () if with_labels else ("is_signal",)
+        return write_lgn(tmp_path / f"{name}.h5", pmu, nobj, label, drop=drop), label, ("QCD", "top")
+    X, y = efqg_arrays()
+    path = tmp_path / f"{name}.npz"
+    np.savez_compressed(path, X=X, **({"y": y} if with_labels else {}))
+    return path, y, ("gluon", "quark")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_label_modes(tmp_path, fmt):
+    labelled, label, names = small_file(fmt, tmp_path, "labelled")
+    unlabelled, _, _ = small_file(fmt, tmp_path, "unlabelled", with_labels=False)
+    _, reference, _ = read_all(labelled)
+    for mode in ("required", "optional"):
+        chunks, _, got = read_all(labelled, label_mode=mode, step_size=4)
+        np.testing.assert_array_equal(got, label)
+        assert all(c.class_names == names for c in chunks)
+    for path, mode in ((labelled, "none"), (unlabelled, "optional"), (unlabelled, "none")):
+        assert count_jets(path, label_mode=mode) == len(label)
+        chunks, p4, got = read_all(path, label_mode=mode, step_size=4)
+        assert ak.to_list(p4) == ak.to_list(reference)  # the same jets, in the same order
+        assert got.dtype == np.int64 and np.all(got == -1)
+        assert all(c.class_names is None for c in chunks)
+    raises_input_error(drain(unlabelled), unlabelled, "label" if fmt != "efqg" else "y.npy")
+    raises_input_error(lambda: count_jets(unlabelled, label_mode="required"), unlabelled)
+    # a label column named explicitly must exist, unless labels are not read at all
+    raises_input_error(drain(labelled, label_mode="optional", branch_map={"label": "nope"}), labelled, "nope")
+    raises_input_error(lambda: count_jets(labelled, label_mode="optional", branch_map={"label": "nope"}), labelled,
+                       "nope")
+    assert count_jets(labelled, label_mode="none", branch_map={"label": "nope"}) == len(label)
+
+
+def test_label_mode_none_never_touches_labels(tmp_path):
+    pmu, nobj, is_signal = lgn_arrays()
+    path = write_lgn(tmp_path / "short_label.h5", pmu, nobj, is_signal[:2])
+    raises_input_error(drain(path), path, "'/is_signal' must have shape")
+    assert len(read_all(path, label_mode="none")[1]) == len(nobj)
+    comps, label = make_jets()
+    root = write_root(tmp_path / "jagged_label.root", comps, label, "ttree_branches", with_labels=False,
+                      extra={"label_x": comps[0]})
+    raises_input_error(drain(root, label_mode="optional"), root, "label branch 'label_x' must hold one number per jet")
+    np.testing.assert_array_equal(read_all(root, label_mode="none")[2], -np.ones(N_JETS))
+
+
+def test_root_optional_labels_allow_missing_ones(tmp_path):
+    comps, _ = make_jets()
+    path = write_root(tmp_path / "partly.root", comps, np.array([0, 1, 2, 0, 1]), "ttree_zip")  # jet 2: no label set
+    raises_input_error(drain(path), path, "missing label", "first at entry 2")
+    chunks, _, got = read_all(path, label_mode="optional")
+    np.testing.assert_array_equal(got, [0, 1, -1, 0, 1])
+    assert chunks[0].class_names == ("QCD", "Tbqq")
+
+
+def test_label_mode_and_validate_are_checked(tmp_path):
+    path, _, _ = small_file("lgn", tmp_path, "jets")
+    for call in (lambda: iter_jets(path, label_mode="maybe"), lambda: count_jets(path, label_mode="maybe")):
+        with pytest.raises(InputError) as info:
+            call()
+        assert str(info.value) == "label_mode: expected one of 'required', 'optional', 'none', got 'maybe'"
+    with pytest.raises(InputError, match="^validate: "):
+        iter_jets(path, validate="no")
+    assert count_jets(path, label_mode="none", validate=False, step_size=3) == 6
+
+
+def bad_jets_file(fmt, tmp_path):
+    """A 5-jet ``fmt`` file (labelled) whose jet 1 has no constituents and jet 3 a NaN px (first constituent)."""
+    if fmt == "root":
+        comps, label = make_jets()
+        comps = [ak.concatenate([c[:1], c[1:2, :0], c[2:]]) for c in comps]
+        px = ak.flatten(comps[0]).to_numpy().copy()
+        px[ak.count(comps[0][:3])] = np.nan
+        comps[0] = ak.unflatten(px, ak.num(comps[0]))
+        return write_root(tmp_path / "bad.root", comps, label, "ttree_zip")
+    if fmt == "toptagging":
+        cols, _, _ = toptagging_frame(n_const=20)
+        jet1 = np.arange(N_JETS) == 1  # every E_i, PX_i, ... = 0: no constituents
+        cols = {c: np.where(jet1, 0, v).astype(v.dtype) if c[0] in "EP" else v for c, v in cols.items()}
+        cols["PX_0"] = np.where(np.arange(N_JETS) == 3, np.nan, cols["PX_0"]).astype(np.float32)
+        return write_pandas(tmp_path / "bad.h5", cols)
+    if fmt == "lgn":
+        pmu, nobj, is_signal = (a[:N_JETS].copy() for a in lgn_arrays())
+        nobj[1], pmu[3, 0, 1] = 0, np.nan
+        return write_lgn(tmp_path / "bad.h5", pmu, nobj, is_signal)
+    X, y = efqg_arrays()
+    X[1, :, 0], X[3, 0, 0] = 0, np.nan
+    np.savez_compressed(tmp_path / "bad.npz", X=X, y=y)
+    return tmp_path / "bad.npz"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_validate_false_keeps_bad_jets_in_place(tmp_path, fmt):
+    path = bad_jets_file(fmt, tmp_path)
+    raises_input_error(drain(path, step_size=2), path, "no constituents", "first at entry 1")
+    chunks = list(iter_jets(path, step_size=2, validate=False))
+    assert [(c.entry_start, len(c)) for c in chunks] == [(0, 2), (2, 2), (4, 1)]
+    bad = np.concatenate([c.bad_jets() for c in chunks])
+    assert bad.dtype == bool and bad.shape == (N_JETS,)
+    np.testing.assert_array_equal(np.flatnonzero(bad), [1, 3])
+    n_particles = np.concatenate([c.n_particles for c in chunks])
+    assert n_particles[1] == 0 and np.all(np.delete(n_particles, 1) > 0)
+    assert np.isnan(chunks[1].p4.px[1, 0])
+    assert np.all(np.concatenate([c.label for c in chunks]) >= 0)
+
+
+def test_class_names_of_other_label_columns(tmp_path):
+    comps, label = make_jets()
+    root = write_root(tmp_path / "jets.root", comps, label, "ttree_branches", extra={"is_top": label.astype(np.int64)})
+    assert next(iter_jets(root, labels=["label_Tbqq", "label_QCD"])).class_names == ("Tbqq", "QCD")
+    assert next(iter_jets(root, branch_map={"label": "is_top"})).class_names is None
+    cols, _, _ = toptagging_frame(n_const=10)
+    top = write_pandas(tmp_path / "top.h5", cols, fmt="fixed")
+    assert next(iter_jets(top, branch_map={"label": "ttv"})).class_names is None
+    pmu, nobj, is_signal = lgn_arrays()
+    with h5py.File(lgn := write_lgn(tmp_path / "lgn.h5", pmu, nobj, is_signal), "a") as f:
+        f["other"] = is_signal
+    assert next(iter_jets(lgn, branch_map={"label": "other"})).class_names is None
+    X, y = efqg_arrays()
+    np.savez_compressed(qg := tmp_path / "qg.npz", X=X, y=y, z=y)
+    assert next(iter_jets(qg, branch_map={"label": "z"})).class_names is None
+
+
+def test_jet_arrays_bad_jets_and_pt_ordered_keep_metadata():
+    comps, label = make_jets()
+    px = ak.to_list(comps[0])
+    px[2][0] = np.inf
+    chunk = JetArrays(make_p4(ak.Array(px), *comps[1:]), label, "x.root", 7, ("QCD", "Tbqq"))
+    np.testing.assert_array_equal(chunk.bad_jets(), np.arange(N_JETS) == 2)
+    with pytest.raises(InputError, match=r"x.root\[entries 7-11\]: non-finite .* px in 1 jet\(s\), first at entry 9"):
+        chunk.validate()
+    ordered = chunk.pt_ordered()
+    assert (ordered.source, ordered.entry_start, ordered.class_names) == ("x.root", 7, ("QCD", "Tbqq"))
+    unlabelled = JetArrays(make_p4(*comps), np.full(N_JETS, -1), "y.h5")
+    assert unlabelled.validate(require_labels=False) is unlabelled and unlabelled.class_names is None
+    with pytest.raises(InputError, match="missing label"):
+        unlabelled.validate()
+
+
+# ----------------------------------------------------------------------------- file metadata
+
+
+def test_file_metadata(tmp_path):
+    comps, label = make_jets()
+    plain = write_root(tmp_path / "plain.root", comps, label, "ttree_zip")
+    assert file_metadata(plain) == {}
+    info = {"seed": 4, "massless": False, "processes": {"signal": "ttbar all-hadronic"}}
+    for layout in ("ttree_zip", "rntuple_zip"):
+        tagged = write_root(tmp_path / f"{layout}.root", comps, label, layout)
+        with uproot.update(tagged) as f:
+            f["jetkd_provenance"] = json.dumps(info)
+        assert file_metadata(tagged) == info and file_metadata(tagged, format="root") == info
+        assert count_jets(tagged) == N_JETS  # the string is not a second tree
+        _, p4, got = read_all(tagged)
+        assert_jets_equal(p4, comps)
+        np.testing.assert_array_equal(got, label)
+    with uproot.update(plain) as f:
+        f["jetkd_provenance"] = "not json"
+    raises_input_error(lambda: file_metadata(plain), plain, "'jetkd_provenance' is not valid JSON")
+    lgn, _, _ = small_file("lgn", tmp_path, "lgn")
+    assert file_metadata(lgn) == {}
+    with pytest.raises(InputError, match="format"):
+        file_metadata(lgn, format="csv")

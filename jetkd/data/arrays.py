@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import awkward as ak
 import numpy as np
@@ -28,15 +28,19 @@ class JetArrays:
     """A chunk of jets as read from one file.
 
     p4:          awkward ``n_jets * var * {px, py, pz, E}`` float32 in GeV, constituents in file order.
-    label:       (n_jets,) int64 class index; -1 marks a jet whose label is missing (rejected by ``validate``).
+    label:       (n_jets,) int64 class index; -1 marks a jet whose label is missing or was not read
+                 (rejected by ``validate()`` unless ``require_labels=False``).
     source:      path of the file the jets came from.
-    entry_start: index of the first jet in that file (for error messages).
+    entry_start: index of the first jet in that file: the chunk holds entries ``[entry_start, entry_start + n_jets)``.
+    class_names: name of each class index (``class_names[label]``), when the file says; None when unknown or when
+                 no labels were read.
     """
 
     p4: ak.Array
     label: np.ndarray
     source: str
     entry_start: int = 0
+    class_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -56,17 +60,25 @@ class JetArrays:
         """(n_jets, 4) float64 ``[E, px, py, pz]``: E-scheme sum of the constituents."""
         return np.stack([ak.to_numpy(ak.sum(self.p4[f], axis=1)).astype(np.float64) for f in ("E", "px", "py", "pz")], -1)
 
-    def validate(self) -> "JetArrays":
+    def _nonfinite(self) -> dict[str, np.ndarray]:
+        """``{component: (n_jets,) bool}``: True for a jet with a NaN/inf value of that component."""
+        return {name: ~ak.to_numpy(ak.all(np.isfinite(self.p4[name]), axis=1)) for name in FIELDS}
+
+    def bad_jets(self) -> np.ndarray:
+        """(n_jets,) bool: True for a jet with no constituents or any non-finite (NaN/inf) component."""
+        return np.logical_or.reduce([self.n_particles == 0, *self._nonfinite().values()])
+
+    def validate(self, require_labels: bool = True) -> "JetArrays":
         """Raise :class:`InputError` naming the source and entry range for NaN/inf momenta, jets without
-        constituents, or missing labels. Returns ``self`` so readers can ``return chunk.validate()``."""
-        for name in FIELDS:
-            bad = ~ak.to_numpy(ak.all(np.isfinite(self.p4[name]), axis=1))
+        constituents, or (if ``require_labels``) missing labels (-1). Returns ``self`` so readers can
+        ``return chunk.validate()``."""
+        for name, bad in self._nonfinite().items():
             if bad.any():
                 self._fail(bad, f"non-finite (NaN/inf) constituent {name}")
         empty = self.n_particles == 0
         if empty.any():
             self._fail(empty, "jet with no constituents")
-        if (self.label < 0).any():
+        if require_labels and (self.label < 0).any():
             self._fail(self.label < 0, "missing label")
         return self
 
@@ -75,9 +87,9 @@ class JetArrays:
         raise InputError(self.source, f"{what} in {len(idx)} jet(s), first at entry {idx[0]}", entries=self.entries)
 
     def pt_ordered(self) -> "JetArrays":
-        """The same jets with constituents sorted by decreasing pT."""
+        """The same jets (same labels, source, entries, class names) with constituents sorted by decreasing pT."""
         order = ak.argsort(lorentz.pt(self.p4), axis=1, ascending=False, stable=True)
-        return JetArrays(self.p4[order], self.label, self.source, self.entry_start)
+        return replace(self, p4=self.p4[order])
 
     def padded(self, max_particles: int) -> tuple[np.ndarray, np.ndarray]:
         """Zero-padded constituent tensor of the first ``max_particles`` constituents (in current order).

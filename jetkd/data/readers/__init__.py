@@ -3,12 +3,15 @@
 Formats (detected from the file content, not its name):
 
 - ``root``: JetClass-style ROOT TTree/RNTuple (``part_px, part_py, part_pz, part_energy``, one-hot ``label_*``);
-- ``toptagging``: the Top Quark Tagging Reference HDF5 (pandas table of ``E_i, PX_i, PY_i, PZ_i``, ``is_signal_new``);
+- ``toptagging``: the Top Quark Tagging Reference HDF5 (pandas frame of ``E_i, PX_i, PY_i, PZ_i``,
+  ``is_signal_new``, in ``to_hdf``'s ``format="table"`` or default ``format="fixed"`` layout);
 - ``lgn``: LorentzNet-converted HDF5 (``Pmu``, ``Nobj``, ``is_signal``);
 - ``efqg``: EnergyFlow quark/gluon npz (``X`` of ``(pt, y, phi, pid)``, ``y``).
 
-Every reader streams at most ``step_size`` jets at a time and yields validated chunks whose constituents are in
-file order with the zero padding removed; bad input raises :class:`~jetkd.errors.InputError`.
+Every reader streams at most ``step_size`` jets at a time and yields chunks whose constituents are in file order
+with the zero padding removed; chunk ``i`` holds exactly the entries ``[entry_start, entry_start + len)`` (no jet is
+dropped or reordered). Chunks are validated unless ``validate=False``; labels are read according to ``label_mode``
+(``LABEL_MODES``). Bad input raises :class:`~jetkd.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from collections.abc import Iterator
 
 from jetkd.data.arrays import JetArrays
 from jetkd.data.readers import efqg, lgn, root, toptagging
+from jetkd.data.readers._common import LABEL_MODES, check_label_mode, check_validate
 from jetkd.data.readers.detect import detect_format
 from jetkd.errors import InputError
 
 FORMATS = ("root", "toptagging", "lgn", "efqg")
 _READERS = {"root": root, "toptagging": toptagging, "lgn": lgn, "efqg": efqg}
-_COUNT_OPTIONS = frozenset({"branch_map", "labels", "step_size"})
+_COUNT_OPTIONS = frozenset({"branch_map", "labels", "label_mode", "step_size", "validate"})
 
-__all__ = ["FORMATS", "count_jets", "detect_format", "iter_jets"]
+__all__ = ["FORMATS", "LABEL_MODES", "count_jets", "detect_format", "file_metadata", "iter_jets"]
 
 
 def _reader(path, format: str):
@@ -39,22 +43,41 @@ def _reader(path, format: str):
 def count_jets(path, *, format: str = "auto", **options) -> int:
     """Number of jets in ``path``, from metadata (tree entries, dataset shapes, ``.npy`` headers) only.
 
-    options: the ``branch_map`` / ``labels`` given to :func:`iter_jets` (``step_size`` is accepted and ignored),
-    so that the count refers to the same tree/table/datasets that will be read.
+    options: the ``branch_map`` / ``labels`` / ``label_mode`` given to :func:`iter_jets` (``step_size`` and
+    ``validate`` are accepted and ignored), so that the count refers to the same tree/table/datasets that will be
+    read and a label column that would be required is required here too.
     """
     unknown = set(options) - _COUNT_OPTIONS
     if unknown:
         raise TypeError(f"count_jets() got unexpected option(s) {sorted(unknown)}")
-    return _reader(path, format).count(path, branch_map=options.get("branch_map"), labels=options.get("labels"))
+    label_mode = check_label_mode(options.get("label_mode", "required"))
+    return _reader(path, format).count(path, branch_map=options.get("branch_map"), labels=options.get("labels"),
+                                       label_mode=label_mode)
 
 
 def iter_jets(path, *, format: str = "auto", step_size: int = 100_000, branch_map: dict[str, str] | None = None,
-              labels: list[str] | None = None) -> Iterator[JetArrays]:
-    """Stream the jets of ``path`` as validated :class:`JetArrays` chunks of at most ``step_size`` jets.
+              labels: list[str] | None = None, label_mode: str = "required",
+              validate: bool = True) -> Iterator[JetArrays]:
+    """Stream the jets of ``path`` as :class:`JetArrays` chunks of at most ``step_size`` jets, in file order.
 
     branch_map: renames the format's inputs (ROOT: ``part_px, part_py, part_pz, part_energy``, ``label`` for an
         integer class-index branch, ``tree``; toptagging: ``key``, ``label``; lgn: ``Pmu, Nobj, label``;
         efqg: ``X, label``).
     labels: ROOT only: the one-hot label branches, in class-index order (default: every ``label_*`` branch).
+    label_mode: "required" (labels must exist), "optional" (read when the file has them, else -1 for every jet;
+        label columns named in ``labels`` / ``branch_map['label']`` must still exist) or "none" (never read; -1).
+    validate: check every chunk (:meth:`JetArrays.validate`; -1 labels allowed unless label_mode is "required");
+        False yields chunks as read, so jets with NaN momenta or no constituents are kept
+        (:meth:`JetArrays.bad_jets` flags them). Structural problems raise InputError either way.
     """
-    return _reader(path, format).iterate(path, step_size=step_size, branch_map=branch_map, labels=labels)
+    check_label_mode(label_mode)
+    check_validate(validate)
+    return _reader(path, format).iterate(path, step_size=step_size, branch_map=branch_map, labels=labels,
+                                         label_mode=label_mode, validate=validate)
+
+
+def file_metadata(path, *, format: str = "auto") -> dict:
+    """File-level metadata written by jetkd: for a ROOT file, the JSON object in its ``jetkd_provenance`` string
+    (``{}`` if it has none); ``{}`` for the other formats."""
+    reader = _reader(path, format)
+    return reader.metadata(path) if reader is root else {}

@@ -1,4 +1,4 @@
-"""Plumbing shared by the format readers: error wrapping, option checks, padded -> jagged conversion."""
+"""Plumbing shared by the format readers: error wrapping, option checks, label modes, padded -> jagged conversion."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from collections.abc import Iterator, Mapping
 import awkward as ak
 import numpy as np
 
-from jetkd.data.arrays import make_p4
+from jetkd.data.arrays import JetArrays, make_p4
 from jetkd.errors import InputError
 
 FORMAT_HELP = (
     "root (ROOT TTree/RNTuple with part_px/part_py/part_pz/part_energy and label_* branches), "
-    "toptagging (Top Quark Tagging Reference HDF5, pandas 'table' layout), "
+    "toptagging (Top Quark Tagging Reference HDF5, pandas DataFrame.to_hdf in 'table' or default 'fixed' format), "
     "lgn (LorentzNet HDF5 with Pmu, Nobj, is_signal), "
     "efqg (EnergyFlow quark-gluon npz with X, y)"
 )
+
+LABEL_MODES = ("required", "optional", "none")
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -63,6 +65,40 @@ def check_step_size(step_size) -> int:
     if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
         raise InputError("step_size", f"expected a positive number of jets per chunk, got {step_size!r}")
     return int(step_size)
+
+
+def check_label_mode(label_mode) -> str:
+    """``label_mode`` if it is one of :data:`LABEL_MODES`, else an :class:`InputError`."""
+    if not isinstance(label_mode, str) or label_mode not in LABEL_MODES:
+        raise InputError("label_mode", f"expected one of {', '.join(map(repr, LABEL_MODES))}, got {label_mode!r}")
+    return label_mode
+
+
+def check_validate(validate) -> bool:
+    """``validate`` if it is a bool, else an :class:`InputError`."""
+    if not isinstance(validate, (bool, np.bool_)):
+        raise InputError("validate", f"expected True or False, got {validate!r}")
+    return bool(validate)
+
+
+def wants_labels(label_mode: str, explicit: bool, present: bool) -> bool:
+    """Whether a reader looks up and reads the labels.
+
+    label_mode "required": always (a missing label column is then the reader's InputError); "optional": when the
+    user named the label column(s) (``explicit``; missing -> InputError) or the file has them (``present``);
+    "none": never.
+    """
+    return label_mode != "none" and (label_mode == "required" or explicit or present)
+
+
+def no_label(n: int) -> np.ndarray:
+    """(n,) int64 of -1: the labels of jets whose label is not read."""
+    return np.full(n, -1, dtype=np.int64)
+
+
+def finish(chunk: JetArrays, label_mode: str, validate: bool) -> JetArrays:
+    """``chunk`` validated (labels required only in label_mode "required") if ``validate``, else as is."""
+    return chunk.validate(require_labels=label_mode == "required") if validate else chunk
 
 
 def options(branch_map: Mapping[str, str] | None, defaults: Mapping[str, str | None], fmt: str) -> dict[str, str | None]:

@@ -1,8 +1,9 @@
 """EnergyFlow quark/gluon jet files (``energyflow.qg_jets``): ``np.savez_compressed`` archives.
 
 Members ``X.npy`` (N, M, 4) per particle ``(pt [GeV], y, phi, pdgid)``, zero-padded (``pt == 0``), and ``y.npy``
-(N,) 1 = quark, 0 = gluon. Four-vectors ``[E, px, py, pz]`` get the PDG mass of each particle from energyflow's
-table (an unknown PDG id is an :class:`InputError`).
+(N,) 1 = quark, 0 = gluon (class names ``("gluon", "quark")``, None for another label member; an archive without
+``y.npy`` is read with ``label_mode="optional"`` or ``"none"``). Four-vectors ``[E, px, py, pz]`` get the PDG
+mass of each particle from energyflow's table (an unknown PDG id is an :class:`InputError`).
 
 The members are streamed: the ``.npy`` header is parsed with ``numpy.lib.format`` and rows are decompressed
 ``step_size`` jets at a time, so a 2M-jet archive is never loaded whole. ``branch_map`` keys: ``X``, ``label``
@@ -21,15 +22,18 @@ import energyflow as ef
 import numpy as np
 
 from jetkd.data.arrays import JetArrays, make_p4
-from jetkd.data.readers._common import check_step_size, chunk_ranges, class_index, name_list, no_labels, options, reading
+from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
+                                        finish, name_list, no_label, no_labels, options, reading, wants_labels)
 from jetkd.errors import InputError
 
 DEFAULTS = {"X": "X", "label": "y"}
+CLASS_NAMES = ("gluon", "quark")  # of the default label: 0 = gluon, 1 = quark
 
 
 def sniff(members: list[str]) -> bool:
-    """Whether a zip archive's member names are those of an EnergyFlow jets file."""
-    return "X.npy" in members and "y.npy" in members
+    """Whether a zip archive's member names are those of an EnergyFlow jets file (``X.npy``; ``y.npy`` may be
+    absent from a file without labels)."""
+    return "X.npy" in members
 
 
 class _Member:
@@ -69,38 +73,46 @@ class _Member:
 
 
 @contextlib.contextmanager
-def _members(path: str, opts: dict):
-    """Yield the ``(X, label)`` members of the archive, with shapes checked."""
+def _members(path: str, opts: dict, branch_map, label_mode: str):
+    """Yield the ``(X, label)`` members of the archive, with shapes checked; ``label`` is None when
+    :func:`wants_labels` says the labels are not read."""
     with reading(path, what="cannot open the npz (zip) archive"):
         zf = zipfile.ZipFile(path)
     with zf:
-        x, y = _Member(path, zf, opts["X"]), _Member(path, zf, opts["label"])
+        x = _Member(path, zf, opts["X"])
         if len(x.shape) != 3 or x.shape[2] < 4:
             raise InputError(path, f"{x.name} must have shape (n_jets, max_particles, 4) of (pt, y, phi, pid), got {x.shape}")
-        if y.shape != (len(x),):
+        read = wants_labels(label_mode, "label" in (branch_map or {}), f"{opts['label']}.npy" in zf.namelist())
+        y = _Member(path, zf, opts["label"]) if read else None
+        if y is not None and y.shape != (len(x),):
             raise InputError(path, f"{y.name} must have shape ({len(x)},) like {x.name}, got {y.shape}")
         yield x, y
 
 
-def count(path, branch_map=None, labels=None) -> int:
+def count(path, branch_map=None, labels=None, label_mode: str = "required") -> int:
     """Number of jets, from the ``.npy`` header of the ``X`` member (nothing is decompressed beyond it)."""
     path, opts = str(path), options(branch_map, DEFAULTS, "efqg")
+    mode = check_label_mode(label_mode)
     no_labels(labels, path, "efqg", opts["label"])
-    with _members(path, opts) as (x, _):
+    with _members(path, opts, branch_map, mode) as (x, _):
         return len(x)
 
 
-def iterate(path, step_size: int = 100_000, branch_map=None, labels=None) -> Iterator[JetArrays]:
-    """Yield validated :class:`JetArrays` chunks of at most ``step_size`` jets, in file order."""
+def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
+            validate: bool = True) -> Iterator[JetArrays]:
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "efqg")
+    mode, validate = check_label_mode(label_mode), check_validate(validate)
     no_labels(labels, path, "efqg", opts["label"])
-    with _members(path, opts) as (x, y):
+    with _members(path, opts, branch_map, mode) as (x, y):
+        names = CLASS_NAMES if y is not None and opts["label"] == DEFAULTS["label"] else None
         for start, stop in chunk_ranges(len(x), step):
             entries = (start, stop - 1)
             ptyphipid = x.read(stop - start, entries)[..., :4]
-            label = class_index(y.read(stop - start, entries), path, entries, opts["label"])
-            yield JetArrays(_p4(path, entries, ptyphipid), label, path, start).validate()
+            label = no_label(stop - start) if y is None else y.read(stop - start, entries)
+            label = class_index(label, path, entries, opts["label"])
+            yield finish(JetArrays(_p4(path, entries, ptyphipid), label, path, start, names), mode, validate)
 
 
 def _p4(path: str, entries, ptyphipid: np.ndarray) -> ak.Array:

@@ -9,6 +9,10 @@ One entry per jet in a TTree (or an RNTuple, which is what ``uproot`` >= 5.7 wri
 - labels: one-hot ``label_*`` branches (0/1, any numeric or bool dtype); the class index is the position of the
   single set label in file order (or in ``labels=`` order); none or several set -> -1 (missing).
   Alternatively ``branch_map={"label": NAME}`` names one integer branch holding the class index directly.
+  ``label_mode``: "required" (default), "optional" (labels read when the file has them, else -1) or "none"
+  (never read, all -1). Class names: the one-hot branch names without ``label_`` (None for a class-index branch).
+- provenance: a string (TObjString) ``jetkd_provenance`` holding JSON, written by ``data_prep.generate``, is the
+  file's :func:`metadata`; other objects than TTrees/RNTuples are never taken for the jets' tree.
 
 ``branch_map`` keys: ``part_px, part_py, part_pz, part_energy, label`` (branch names) and ``tree`` (which
 TTree/RNTuple; default: the only one in the file, else the one called ``tree``).
@@ -17,6 +21,7 @@ TTree/RNTuple; default: the only one in the file, else the one called ``tree``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 
@@ -25,13 +30,15 @@ import numpy as np
 import uproot
 
 from jetkd.data.arrays import JetArrays, make_p4
-from jetkd.data.readers._common import check_step_size, chunk_ranges, class_index, name_list, options, reading
+from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
+                                        finish, name_list, no_label, one_line, options, reading, wants_labels)
 from jetkd.errors import InputError
 
 COMPONENTS = ("part_px", "part_py", "part_pz", "part_energy")
 DEFAULTS = {**{name: name for name in COMPONENTS}, "label": None, "tree": None}
 TREE_CLASSES = ("TTree", "ROOT::RNTuple")
 LABEL_PREFIX = "label_"
+PROVENANCE = "jetkd_provenance"
 
 
 # ----------------------------------------------------------------------------- opening
@@ -132,38 +139,77 @@ def _numeric(primitive: str | None) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 
-def count(path, branch_map=None, labels=None) -> int:
+def count(path, branch_map=None, labels=None, label_mode: str = "required") -> int:
     """Number of jets (tree entries), from the tree's metadata; the branches that would be read are looked up
     (not read), so a missing one fails here already."""
     path, opts = str(path), options(branch_map, DEFAULTS, "root")
+    mode = check_label_mode(label_mode)
     with _open_tree(path, opts["tree"]) as tree:
         branches = _Branches(path, tree)
         for name in COMPONENTS:
             branches[opts[name]]  # raises InputError if missing
-        _label_branches(path, branches, opts["label"], labels)
+        _label_spec(path, branches, opts["label"], labels, mode)
         return int(tree.num_entries)
 
 
-def iterate(path, step_size: int = 100_000, branch_map=None, labels=None) -> Iterator[JetArrays]:
-    """Yield validated :class:`JetArrays` chunks of at most ``step_size`` jets, in file order."""
+def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
+            validate: bool = True) -> Iterator[JetArrays]:
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "root")
+    mode, validate = check_label_mode(label_mode), check_validate(validate)
     with _open_tree(path, opts["tree"]) as tree:
         branches = _Branches(path, tree)
         comps = [branches[opts[name]] for name in COMPONENTS]
-        label_names = _label_branches(path, branches, opts["label"], labels)
-        wanted = list(dict.fromkeys(comps + label_names))
+        label_keys, class_names = _label_spec(path, branches, opts["label"], labels, mode)
+        wanted = list(dict.fromkeys(comps + label_keys))
         for start, stop, arrays in _chunks(path, tree, wanted, step):
             entries = (start, stop - 1)
             p4 = _p4(path, entries, {name: _field(arrays, name) for name in comps})
-            columns = {name: _field(arrays, name) for name in label_names}
-            if opts["label"] is not None:
-                index = _column(path, entries, opts["label"], columns[label_names[0]], missing=-1)
-                label = class_index(index, path, entries, opts["label"])
-            else:
-                flags = [_column(path, entries, name, columns[name], missing=0) != 0 for name in label_names]
-                label = _one_hot_index(np.stack(flags, axis=1))
-            yield JetArrays(p4, label, path, start).validate()
+            columns = {name: _field(arrays, name) for name in label_keys}
+            label = _label(path, entries, opts["label"], columns, stop - start)
+            yield finish(JetArrays(p4, label, path, start, class_names), mode, validate)
+
+
+def metadata(path) -> dict:
+    """The JSON object in the file's ``jetkd_provenance`` string (TObjString), or ``{}`` if there is none."""
+    path = str(path)
+    with reading(path, what="cannot open the ROOT file"):
+        file = uproot.open(path)
+    with file:
+        with reading(path, what="cannot read the ROOT file's directory"):
+            if file.classnames(cycle=False).get(PROVENANCE) != "TObjString":
+                return {}
+            text = str(file[PROVENANCE])
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(path, one_line(f"{PROVENANCE!r} is not valid JSON ({err})")) from None
+    if not isinstance(info, dict):
+        raise InputError(path, f"{PROVENANCE!r} must hold a JSON object, got {type(info).__name__}")
+    return info
+
+
+def per_entry_branches(path, tree_name: str | None = None) -> list[str]:
+    """Names of the branches (fields) of the jets' tree that hold one number per entry (jet-level observables)."""
+    path = str(path)
+    with _open_tree(path, tree_name) as tree:
+        keys = _Branches(path, tree).available
+        with reading(path, what="cannot read the branch types"):
+            arrays = tree.arrays(keys, entry_stop=0, library="ak")
+        leaves = {key: _leaf(_field(arrays, key)) for key in keys}
+    return [key for key, (primitive, depth) in leaves.items() if depth == 0 and _numeric(primitive)]
+
+
+def iterate_branches(path, names: list[str], step_size: int = 100_000,
+                     tree_name: str | None = None) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """``(start, stop, {name: (stop - start,) array})`` for the per-entry branches ``names``, in the same entry
+    ranges of ``step_size`` entries as :func:`iterate` (values as stored; None becomes 0)."""
+    path, step = str(path), check_step_size(step_size)
+    with _open_tree(path, tree_name) as tree:
+        keys = [_Branches(path, tree)[name] for name in names]
+        for start, stop, arrays in _chunks(path, tree, keys, step):
+            yield start, stop, {name: ak.to_numpy(ak.fill_none(_field(arrays, key), 0)) for name, key in zip(names, keys)}
 
 
 def _chunks(path: str, tree, names: list[str], step: int) -> Iterator[tuple[int, int, ak.Array]]:
@@ -181,26 +227,42 @@ def _chunks(path: str, tree, names: list[str], step: int) -> Iterator[tuple[int,
         yield start, stop, arrays
 
 
-def _label_branches(path: str, branches: _Branches, label: str | None, labels) -> list[str]:
-    """The branches the class index is read from: ``[label]`` or the one-hot ``label_*`` branches."""
-    if label is not None:
-        if labels is not None:
-            raise InputError("labels", "give either labels= (one-hot branches) or branch_map['label'] (class index), not both")
-        return [branches[label]]
+def _label_spec(path: str, branches: _Branches, label: str | None, labels, mode: str) -> tuple[list[str], tuple | None]:
+    """``(branches, class_names)``: the tree branches the class index is read from (``[label]``, the one-hot
+    ``label_*`` branches, or none) and the class names (one-hot names without ``label_``; None if unknown)."""
+    if label is not None and labels is not None:
+        raise InputError("labels", "give either labels= (one-hot branches) or branch_map['label'] (class index), not both")
     found = branches.labels()
+    explicit = label is not None or labels is not None
+    if not wants_labels(mode, explicit, bool(found)):
+        return [], None
+    if label is not None:
+        return [branches[label]], None
     if labels is None:
         if not found:
             raise InputError(path, "no label_* branches; name the class-index branch with branch_map={'label': NAME} "
                                    f"(available branches: {name_list(branches.available)})")
-        return [branches[name] for name in found]
-    if isinstance(labels, str) or not labels or not all(isinstance(n, str) for n in labels):
+        labels = found
+    elif isinstance(labels, str) or not labels or not all(isinstance(n, str) for n in labels):
         raise InputError("labels", f"expected a non-empty list of label branch names, got {labels!r}")
-    if len(set(labels)) != len(labels):
+    elif len(set(labels)) != len(labels):
         raise InputError("labels", f"label branches must be distinct, got {list(labels)}")
     missing = [name for name in labels if name not in branches.names]
     if missing:
         raise InputError(path, f"no label branch {name_list(missing)}; available label branches: {name_list(found)}")
-    return [branches[name] for name in labels]
+    return [branches[name] for name in labels], tuple(name.removeprefix(LABEL_PREFIX) for name in labels)
+
+
+def _label(path: str, entries, label: str | None, columns: dict[str, ak.Array], n: int) -> np.ndarray:
+    """(n,) int64 class index of one chunk: from the class-index branch ``label``, the one-hot ``columns``, or
+    -1 for every jet when no label branch is read."""
+    if not columns:
+        return no_label(n)
+    if label is not None:
+        arr = next(iter(columns.values()))
+        return class_index(_column(path, entries, label, arr, missing=-1), path, entries, label)
+    flags = [_column(path, entries, name, arr, missing=0) != 0 for name, arr in columns.items()]
+    return _one_hot_index(np.stack(flags, axis=1))
 
 
 def _p4(path: str, entries, comps: dict[str, ak.Array]) -> ak.Array:
