@@ -78,13 +78,17 @@ def convert(
     seed: int = 0,
     branch_map: dict[str, str] | None = None,
     labels: list[str] | None = None,
+    label_mode: str = "required",
     step_size: int = 50_000,
     progress: bool = True,
 ) -> dict[str, Path]:
     """Convert ``inputs`` into ``out_dir/<split>.h5`` and return the written paths by split name.
 
-    Constituents are ordered by decreasing pT and the leading ``max_particles`` kept. Bad input raises
-    :class:`InputError` (file, entry range, what was wrong) and leaves no output file behind.
+    Constituents are ordered by decreasing pT and the leading ``max_particles`` kept. Each jet keeps its origin
+    (datasets ``source`` and ``entry``); the class names of the labels and the inputs' provenance (file, format,
+    jets, generator settings where jetkd generated them) go into the attributes. ``label_mode="none"``
+    (``--no-labels``) reads unlabelled files: every label is -1. Bad input raises :class:`InputError` (file, entry
+    range, what was wrong) and leaves no output file behind.
     """
     split = dict(split or DEFAULT_SPLIT)
     if max_particles < 1:
@@ -93,7 +97,7 @@ def convert(
     for path in inputs:
         if not Path(path).is_file():
             raise InputError(path, "no such file")
-    reader_options = {"branch_map": branch_map, "labels": labels}
+    reader_options = {"branch_map": branch_map, "labels": labels, "label_mode": label_mode}
     formats = [detect_format(p) for p in inputs]
     sizes = [count_jets(p, format=f, **reader_options) for p, f in zip(inputs, formats)]
     n_jets = sum(sizes)
@@ -101,12 +105,16 @@ def convert(
         raise InputError(", ".join(inputs), "no jets in the input")
     which = assign_splits(n_jets, split, seed)
     counts = split_sizes(n_jets, split)
+    offsets = np.cumsum([0] + sizes[:-1])
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     attrs = {
         "sources": [str(Path(p).resolve()) for p in inputs],
         "formats": formats,
+        "inputs": [{"file": str(Path(p).resolve()), "format": f, "jets": n, **_generator(p, f)}
+                   for p, f, n in zip(inputs, formats, sizes)],
+        "labelled": label_mode != "none",
         "seed": seed,
         "fractions": split,
         "jetkd_version": __version__,
@@ -120,13 +128,21 @@ def convert(
             ]
             bar = stack.enter_context(tqdm(total=n_jets, unit="jet", desc="convert", disable=None if progress else True))  # None: only on a terminal
             shuffle_rng = np.random.default_rng([seed, 1])
-            for p4, n_particles, label, global_index in _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
+            class_names: dict[str, tuple | None] = {}  # per input
+            for p4, n_particles, label, global_index, names in _rounds(inputs, formats, sizes, step_size,
+                                                                       max_particles, reader_options):
+                class_names.update(names)
                 order = shuffle_rng.permutation(len(label))
-                p4, n_particles, label, dest = p4[order], n_particles[order], label[order], which[global_index[order]]
+                global_index = global_index[order]
+                source = np.searchsorted(offsets, global_index, side="right") - 1
+                columns = (p4[order], n_particles[order], label[order], source, global_index - offsets[source])
+                dest = which[global_index]
                 for i, writer in enumerate(writers):
                     sel = dest == i
-                    writer.append(p4[sel], n_particles[sel], label[sel])
+                    writer.append(*(c[sel] for c in columns))
                 bar.update(len(label))
+            for writer in writers:
+                writer.set_attrs(class_names=merge_class_names(list(class_names.values())))
             paths = {name: writer.commit() for name, writer in zip(split, writers)}
     except BaseException:
         if created and not any(out_dir.iterdir()):
@@ -137,7 +153,8 @@ def convert(
 
 
 def _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
-    """Yield ``(p4, n_particles, label, global_index)`` rounds, each drawing from every input in proportion."""
+    """Yield ``(p4, n_particles, label, global_index, class_names)`` rounds, each drawing from every input in
+    proportion; ``class_names``: {input path: its class names or None}."""
     total = sum(sizes)
     offsets = np.cumsum([0] + sizes[:-1])
     streams = [
@@ -154,10 +171,28 @@ def _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
                 continue
             alive.append((stream, offset))
             p4, n_particles = chunk.pt_ordered().padded(max_particles)
-            parts.append((p4, n_particles, chunk.label, offset + chunk.entry_start + np.arange(len(chunk))))
+            parts.append((p4, n_particles, chunk.label, offset + chunk.entry_start + np.arange(len(chunk)), chunk))
         streams, offsets = [s for s, _ in alive], [o for _, o in alive]
         if parts:
-            yield tuple(np.concatenate(cols) for cols in zip(*parts))
+            yield (*(np.concatenate(cols) for cols in list(zip(*parts))[:4]),
+                   {part[4].source: part[4].class_names for part in parts})
+
+
+def merge_class_names(per_input: list[tuple[str, ...] | None]) -> list[str] | None:
+    """One name per class for inputs that each name their classes (None: unnamed): the common names, or per class
+    the distinct names joined by ``_`` (``("QCD", "top")`` and ``("QCD", "Tbqq")`` give ``["QCD", "top_Tbqq"]``);
+    None when an input has no names or the inputs have different class counts."""
+    if not per_input or any(names is None for names in per_input) or len({len(n) for n in per_input}) != 1:
+        return None
+    return ["_".join(dict.fromkeys(names)) for names in zip(*per_input)]
+
+
+def _generator(path: str, fmt: str) -> dict:
+    """``{"generator": {...}}`` with the settings jetkd generated ``path`` with, or nothing."""
+    from jetkd.data.readers import file_metadata
+
+    meta = file_metadata(path, format=fmt)
+    return {"generator": meta} if meta else {}
 
 
 def _print_summary(paths: dict[str, Path], counts: dict[str, int], max_particles: int, seconds: float) -> None:

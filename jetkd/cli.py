@@ -79,6 +79,9 @@ def _add_convert(sub) -> None:
         "and label (an integer class branch)",
     )
     p.add_argument("--labels", default=None, help="ROOT only: label_* branches, in class-index order (default: all)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="unlabelled input (collision data): read no labels, store label -1 (such a cache can be "
+                        "scored, not trained or evaluated on)")
     p.set_defaults(func=_run_convert)
 
 
@@ -93,6 +96,7 @@ def _run_convert(args) -> int:
         seed=args.seed,
         branch_map=parse_branch_map(args.branch_map),
         labels=args.labels.split(",") if args.labels else None,
+        label_mode="none" if args.no_labels else "required",
     )
     return 0
 
@@ -177,6 +181,63 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score jets in files with trained models into ROOT friend trees (one entry per input entry)",
+        description="Score every jet of the inputs (any format jetkd reads, labelled or not) with every given model, "
+        "reading each input once in streaming chunks. OUT is a ROOT file for one input, else a folder that receives "
+        "<input stem>.scores.root per input. The tree 'tree' has one entry per input entry, in order: "
+        "score_<model>_<class> (float32), score_ok (false for jets without constituents or with non-finite "
+        "momenta; their scores are NaN), label (the input's class index, if labelled) and the observers.",
+        epilog=_examples(
+            """
+            jetkd score --model runs/quickstart/deepset_kd jets.root --out jets.scores.root
+            jetkd score --model runs/qs/mlp --model runs/qs/deepset data/*.root --out scores/ --observers jet_pt,jet_mass
+            jetkd score --model runs/qs/deepset_kd/best.pt delphes.root --out s.root --tree Events \\
+                --branch-map part_px=PFCand_px,part_py=PFCand_py,part_pz=PFCand_pz,part_energy=PFCand_E --strict
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", help="input files (ROOT, Top Tagging HDF5, LorentzNet HDF5, EnergyFlow npz)")
+    p.add_argument("--model", action="append", required=True, metavar="RUN",
+                   help="run folder, best.pt or last.pt; repeat for several models (scored in the same pass)")
+    p.add_argument("--out", required=True, help="output ROOT file (one input) or folder (several inputs)")
+    p.add_argument("--observers", default="", help="per-jet branches to copy from the input (or jet_pt, jet_eta, "
+                   "jet_phi, jet_mass, jet_energy, jet_nparticles, computed from the constituents), comma separated")
+    p.add_argument("--tree", default=None, help="ROOT: the tree holding the jets (default: the only one, or 'tree')")
+    p.add_argument("--branch-map", default=None, help="ROOT: canonical=file branch names, as for jetkd convert")
+    p.add_argument("--strict", action="store_true", help="inputs that break a model's input contract in a way it "
+                   "cannot repair (constituent mass convention) are an error instead of a warning")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4096, help="jets per forward pass (default: %(default)s)")
+    p.add_argument("--step-size", type=int, default=50_000, help="jets read per chunk (default: %(default)s)")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    import warnings
+
+    from data_prep.convert import parse_branch_map
+    from jetkd.score import score_files
+    from jetkd.tagger import load
+
+    for flag, value in (("--batch-size", args.batch_size), ("--step-size", args.step_size)):
+        if value < 1:
+            raise InputError(flag, f"must be >= 1, got {value}")
+    observers = [name.strip() for name in args.observers.split(",") if name.strip()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        taggers = [load(path, device=args.device, strict=args.strict) for path in args.model]
+        score_files(taggers, args.inputs, args.out, observers=observers, tree=args.tree,
+                    branch_map=parse_branch_map(args.branch_map), step_size=args.step_size,
+                    batch_size=args.batch_size)
+    for warning in caught:
+        print(f"jetkd score: warning: {warning.message}", file=sys.stderr)
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser(
         "run",
@@ -232,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_score(sub)
     _add_run(sub)
     _add_quickstart(sub)
     return parser

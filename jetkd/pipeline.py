@@ -141,7 +141,7 @@ def evaluate_checkpoints(checkpoints: dict[str, Path], test: str | Path, out_dir
     from jetkd.train.checkpoint import load_checkpoint, load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    batches = list(JetLoader(JetCache(test), batch_size, shuffle=False))
+    batches = list(JetLoader(JetCache(test).require_labels(), batch_size, shuffle=False))
     results = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md

@@ -266,3 +266,24 @@ def test_feature_module_matches_function():
     module = ConstituentFeatures(("log_pt", "delta_r"))
     assert module.n_features == 2
     torch.testing.assert_close(module(p4, mask), constituent_features(p4, mask, ("log_pt", "delta_r")))
+
+
+@pytest.mark.parametrize("spec", [{"name": "mlp", "n_constituents": 12, "hidden": [32, 16]},
+                                  {"name": "deepset", "phi_hidden": [16, 16, 8], "rho_hidden": [16, 8]},
+                                  {"name": "deepset", "features": ["deta", "dphi", "log_pt"], "phi_hidden": [8],
+                                   "rho_hidden": [8]}])
+def test_folded_inference_form_equals_the_plain_model(spec):
+    """BatchNorms folded into the Linears (jetkd.models.folded): the same logits as the eval-mode plain model."""
+    from jetkd.models import build_model
+    from jetkd.models.folded import fold
+
+    model = trained_like(build_model(spec))
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 2.0)
+        torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+    p4, mask = make_jets(64, 20, seed=3)
+    folded = fold(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(p4, mask), model(p4, mask), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded(p4[:, :15], mask[:, :15]), model(p4[:, :15], mask[:, :15]), rtol=1e-5, atol=1e-5)

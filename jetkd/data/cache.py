@@ -3,8 +3,12 @@
 Layout of ``<split>.h5``
     p4           (n_jets, max_particles, 4) float32  ``[E, px, py, pz]`` in GeV, pT-ordered, zero-padded
     n_particles  (n_jets,) int32                     real constituents per jet (<= max_particles)
-    label        (n_jets,) int64                     class index
-    attrs        format_version, split, max_particles, n_jets, seed, sources (JSON list), formats (JSON list)
+    label        (n_jets,) int64                     class index (-1: unlabelled, ``jetkd convert --no-labels``)
+    source       (n_jets,) int32                     index of the jet's input file in ``sources`` (optional)
+    entry        (n_jets,) int64                     the jet's entry in that file (optional)
+    attrs        format_version, split, max_particles, n_jets, seed, sources (JSON list), formats (JSON list),
+                 inputs (JSON: file, format, jets, generator settings per input), labelled, class_names (JSON list
+                 or absent when the labels have no names)
 
 Datasets are chunked by rows and uncompressed: decompression would cap read speed well below what a
 GPU consumes, and the files are a cache, not an archive.
@@ -21,8 +25,9 @@ import numpy as np
 
 from jetkd.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: datasets source and entry, attrs inputs, labelled, class_names (1 is read as well)
 DATASETS = ("p4", "n_particles", "label")
+ORIGIN = ("source", "entry")  # where each jet came from: input file index and entry
 CHUNK_JETS = 1024
 
 
@@ -42,17 +47,28 @@ class CacheWriter:
         self.file.create_dataset("p4", (n_jets, max_particles, 4), np.float32, chunks=(chunk, max_particles, 4))
         self.file.create_dataset("n_particles", (n_jets,), np.int32, chunks=(chunk,))
         self.file.create_dataset("label", (n_jets,), np.int64, chunks=(chunk,))
+        self.file.create_dataset("source", (n_jets,), np.int32, chunks=(chunk,))
+        self.file.create_dataset("entry", (n_jets,), np.int64, chunks=(chunk,))
         self.file.attrs.update(format_version=FORMAT_VERSION, max_particles=max_particles, n_jets=n_jets)
-        self.file.attrs.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in attrs.items()})
+        self.set_attrs(**attrs)
 
-    def append(self, p4: np.ndarray, n_particles: np.ndarray, label: np.ndarray) -> None:
-        """Append jets: p4 (k, max_particles, 4) float32, n_particles (k,), label (k,)."""
+    def set_attrs(self, **attrs) -> None:
+        """Store attributes (lists and dicts as JSON; None values are left out)."""
+        self.file.attrs.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                                for k, v in attrs.items() if v is not None})
+
+    def append(self, p4: np.ndarray, n_particles: np.ndarray, label: np.ndarray, source: np.ndarray | None = None,
+               entry: np.ndarray | None = None) -> None:
+        """Append jets: p4 (k, max_particles, 4) float32, n_particles (k,), label (k,); source (k,) and entry (k,)
+        say where each came from (default: -1, unknown)."""
         lo, hi = self.filled, self.filled + len(label)
         if hi > self.n_jets:
             raise RuntimeError(f"{self.path}: more jets appended than the {self.n_jets} announced")
         self.file["p4"][lo:hi] = p4
         self.file["n_particles"][lo:hi] = n_particles
         self.file["label"][lo:hi] = label
+        self.file["source"][lo:hi] = -1 if source is None else source
+        self.file["entry"][lo:hi] = -1 if entry is None else entry
         self.filled = hi
 
     def commit(self) -> Path:
@@ -112,6 +128,15 @@ class JetCache:
     def labels(self) -> np.ndarray:
         """(n_jets,) int64 class indices."""
         return self._data[2] if self.in_memory else self._file["label"][()]
+
+    def require_labels(self) -> "JetCache":
+        """``self``, or an :class:`InputError` naming the file if it holds unlabelled jets (label -1, from
+        ``jetkd convert --no-labels``): training and evaluation need labels."""
+        unlabelled = int((self.labels < 0).sum())
+        if unlabelled:
+            raise InputError(str(self.path), f"{unlabelled} of {self.n_jets} jets have no label (-1, converted with "
+                                             "--no-labels); training and evaluation need a labelled cache")
+        return self
 
     def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``p4`` (k, max_particles, 4) float32, ``n_particles`` (k,) int32, ``label`` (k,) int64 for jets ``index``."""

@@ -335,11 +335,13 @@ class LorentzNet(nn.Module):
 
     group_cost: float | None = None
     extra_nodes = 2  # per-node tensors (B, M, C) hold the two beams before the constituents (for taps)
+    # What it computes from p4 (the input contract): Minkowski invariants of the constituents and the two beams.
+    input_features = ("minkowski_invariants", "mass", "beams")
 
     def __init__(self, n_scalar: int = 2, n_hidden: int = 72, n_class: int = 2, n_layers: int = 6,
                  c_weight: float = 5e-3, dropout: float = 0.2):
         super().__init__()
-        self.n_scalar, self.n_hidden, self.n_layers = n_scalar, n_hidden, n_layers
+        self.n_scalar, self.n_hidden, self.n_layers, self.n_class = n_scalar, n_hidden, n_layers, n_class
         self.embedding = nn.Linear(n_scalar, n_hidden)
         self.LGEBs = nn.ModuleList(
             LGEB(n_hidden, n_scalar, c_weight, last_layer=(i == n_layers - 1)) for i in range(n_layers))

@@ -83,6 +83,10 @@ class MLP(nn.Module):
     def n_inputs(self) -> int:
         return self.n_constituents * self.features.n_features
 
+    @property
+    def input_features(self) -> tuple[str, ...]:
+        return self.features.names
+
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.features(p4, mask).to(self.classifier.weight.dtype)  # (B, N, F)
         n = x.shape[1]
@@ -172,6 +176,10 @@ class DeepSet(nn.Module):
         self.rho = Rho(phi_hidden[-1], rho_hidden, negative_slope)
         self.feature_dim = self.rho.d_out
         self.classifier = nn.Linear(self.feature_dim, n_class)
+
+    @property
+    def input_features(self) -> tuple[str, ...]:
+        return self.features.names
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         dtype, mask = self.classifier.weight.dtype, mask.bool()

@@ -9,6 +9,7 @@ scheduler) and ``best.pt`` (best validation epoch). Only rank 0 writes. A run fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from jetkd import __version__, lorentz
 from jetkd.config import TrainJob, to_dict
+from jetkd.contract import training_contract
 from jetkd.data.cache import JetCache
 from jetkd.data.loader import JetBatch, JetLoader
 from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
@@ -69,6 +71,7 @@ class Trainer:
         self.method = build_method(job.distill)
         self.model_spec = self.method.train_spec(job.model)
         self.model = build_model(self.model_spec).to(self.env.device)
+        self.contract = training_contract(job.model, self.model, self.train_cache, self.val_cache)  # model: at save
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
         self._setup_sample = self._teacher_on_sample = None  # set-up only, made when first needed
         self._setup_method()
@@ -353,8 +356,8 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
         }
-        if not with_optimizer:  # best.pt: also the model to export
-            state["deployed"] = self._deployed()
+        state["deployed"] = self._deployed()  # the model to score and export, with its input contract
+        state["contract"] = dataclasses.replace(self.contract, model=state["deployed"]["spec"]).to_dict()
         if with_optimizer:
             state.update(
                 optimizer=self.optimizer.state_dict(),
@@ -397,4 +400,4 @@ def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:
         raise InputError(key, "no cache file given (a split written by `jetkd convert`)")
     if not Path(path).is_file():
         raise InputError(key, f"{path}: no such file")
-    return JetCache(path, in_memory=in_memory)
+    return JetCache(path, in_memory=in_memory).require_labels()

@@ -1,0 +1,103 @@
+"""Inference forms of the students: every eval-mode BatchNorm folded into the Linear that reads its output.
+
+A :class:`~jetkd.models.students.LinearBlock` is Linear -> LeakyReLU -> BatchNorm. In eval mode the BatchNorm is
+an affine map per channel, ``y = s * z + t``, so the next Linear ``W y + b`` equals ``(W diag(s)) z + (W t + b)``:
+the network becomes Linear -> LeakyReLU -> Linear -> ... with no normalisation left. The deep set's per-constituent
+network then runs on the padded (B, N, F) features as one chain of matrix products, and its pT-weighted sum is one
+batched product with the weights (zero on padding, so no mask is needed there).
+
+Same logits as the plain models (``model.eval()(p4, mask)``) up to float rounding (tested to 1e-5); the plain
+models stay the reference and the training form. :func:`fold` returns the folded copy of a student, or the model
+itself for one without a folded form (the LorentzNet teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from jetkd.models.features import constituent_features
+from jetkd.models.students import MLP, DeepSet, LinearBlock
+
+
+def _affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` (C,) float64 with ``bn(z) == s * z + t`` in eval mode."""
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return s, bn.bias.double() - s * bn.running_mean.double()
+
+
+def _fold_into(linear: nn.Linear, s: torch.Tensor, t: torch.Tensor) -> nn.Linear:
+    """A copy of ``linear`` reading ``z`` where the original read ``s * z + t``."""
+    w = linear.weight.double()
+    out = nn.Linear(linear.in_features, linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+    with torch.no_grad():
+        out.weight.copy_(w * s)
+        out.bias.copy_(linear.bias.double() + w @ t)
+    return out
+
+
+def _chain(blocks: list[LinearBlock], last: nn.Linear, pending: tuple | None = None) -> nn.Sequential:
+    """Linear/LeakyReLU layers computing ``last(blocks[-1](...blocks[0](x)))``, BatchNorms folded forward.
+
+    pending: ``(s, t)`` of an affine map already applied to the chain's input (folded into the first Linear).
+    """
+    layers = []
+    for block in [*blocks, None]:
+        linear = last if block is None else block.fc
+        layers.append(_fold_into(linear, *pending) if pending is not None else copy.deepcopy(linear))
+        if block is not None:
+            layers.append(nn.LeakyReLU(block.act.negative_slope, inplace=True))
+            pending = _affine(block.bn)
+    return nn.Sequential(*layers)
+
+
+class FoldedMLP(nn.Module):
+    """:class:`~jetkd.models.students.MLP` with its BatchNorms folded: ``model(p4, mask) -> logits``."""
+
+    def __init__(self, mlp: MLP):
+        super().__init__()
+        self.n_constituents, self.n_class = mlp.n_constituents, mlp.n_class
+        self.features = copy.deepcopy(mlp.features)
+        self.net = _chain(list(mlp.blocks), mlp.classifier)
+
+    def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.features(p4, mask)  # (B, N, F)
+        n = x.shape[1]
+        x = x[:, : self.n_constituents] if n >= self.n_constituents else nn.functional.pad(x, (0, 0, 0, self.n_constituents - n))
+        return self.net(x.flatten(1))
+
+
+class FoldedDeepSet(nn.Module):
+    """:class:`~jetkd.models.students.DeepSet` with its BatchNorms folded: ``model(p4, mask) -> logits``.
+
+    phi: the per-constituent chain on (B * N, F); pooling: ``bmm`` of the pT weights (B, 1, N) with the latents
+    (B, N, C); rho: the per-jet chain (the pooled BatchNorm and the last block's one folded) to the logits.
+    """
+
+    def __init__(self, deepset: DeepSet):
+        super().__init__()
+        self.n_class = deepset.n_class
+        self.features = copy.deepcopy(deepset.features)
+        self.phi = _chain(list(deepset.phi.blocks), deepset.phi.out)
+        rho = list(deepset.rho.blocks)
+        self.rho = _chain(rho, deepset.classifier, _affine(deepset.rho.norm))
+
+    def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.bool()
+        x = self.features(p4, mask)  # (B, N, F), 0 on padding
+        names = self.features.names
+        weight = x[..., names.index("rel_pt")] if "rel_pt" in names else constituent_features(p4, mask, ("rel_pt",))[..., 0]
+        latent = self.phi(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)  # (B, N, C), finite on padding
+        pooled = (latent * weight[..., None]).sum(1)  # (B, C): sum_i w_i phi_i, w_i = 0 on padding
+        return self.rho(pooled)
+
+
+FOLDED = {MLP: FoldedMLP, DeepSet: FoldedDeepSet}
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """The folded inference form of ``model`` (eval mode), or ``model`` itself when it has none."""
+    folded = FOLDED.get(type(model))
+    return model if folded is None else folded(model).eval()
