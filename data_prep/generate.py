@@ -520,7 +520,9 @@ def write_root(path: pathlib.Path, jets: dict[str, np.ndarray], *, seed: int, ma
 
     branches = jet_branches(jets)
     n = len(jets["counts"])
-    with uproot.recreate(path) as f:
+    from jetkd.data.readers.root import write_compression
+
+    with uproot.recreate(path, compression=write_compression()) as f:
         f["jetkd_provenance"] = json.dumps(provenance(n, seed, massless), sort_keys=True)
         tree = None
         for start in range(0, n, _WRITE_CHUNK):

@@ -220,6 +220,7 @@ def _run_score(args) -> int:
     import warnings
 
     from data_prep.convert import parse_branch_map
+    from jetkd.contract import ContractWarning
     from jetkd.score import score_files
     from jetkd.tagger import load
 
@@ -233,8 +234,11 @@ def _run_score(args) -> int:
         score_files(taggers, args.inputs, args.out, observers=observers, tree=args.tree,
                     branch_map=parse_branch_map(args.branch_map), step_size=args.step_size,
                     batch_size=args.batch_size)
-    for warning in caught:
-        print(f"jetkd score: warning: {warning.message}", file=sys.stderr)
+    for warning in caught:  # contract breaches as one line each; anything else as Python shows it
+        if issubclass(warning.category, ContractWarning):
+            print(f"jetkd score: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return 0
 
 

@@ -81,13 +81,12 @@ class InputContract:
                 f"features {', '.join(self.features)}; classes {', '.join(self.class_names)}")
 
 
-def massive(p4: np.ndarray) -> np.ndarray:
-    """(...) bool: which four-vectors ``p4`` (..., 4) ``[E, px, py, pz]`` GeV are massive,
-    ``m^2 > MASSIVE_M2_OVER_E2 E^2``. In float32 the rounding of ``m^2`` (~1e-7 E^2) stays far below the cut;
-    zero padding counts as massless."""
-    p4 = np.asarray(p4, dtype=np.float32)
-    e2 = p4[..., 0] * p4[..., 0]
-    return e2 - (p4[..., 1:] * p4[..., 1:]).sum(-1) > MASSIVE_M2_OVER_E2 * e2
+def massive(E: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
+    """Which four-vectors (components of any one shape, GeV) are massive: ``m^2 > MASSIVE_M2_OVER_E2 E^2``.
+    In float32 the rounding of ``m^2`` (~1e-7 E^2) stays far below the cut; zero padding counts as massless."""
+    E, px, py, pz = (np.asarray(c, dtype=np.float32) for c in (E, px, py, pz))
+    e2 = E * E
+    return e2 - (px * px + py * py + pz * pz) > MASSIVE_M2_OVER_E2 * e2
 
 
 def class_names(cache_attrs: dict, n_class: int) -> list[str]:
@@ -106,7 +105,7 @@ def class_names(cache_attrs: dict, n_class: int) -> list[str]:
 class MassCheck:
     """Accumulates the mass convention of the constituents a model is fed and reports a breach once.
 
-    ``update(massive, mask, where)`` per chunk, with ``massive`` and ``mask`` (B, N) bool; with ``strict`` a breach raises :class:`InputError` at the first chunk
+    ``update(n_massive, n_constituents, where)`` per chunk; with ``strict`` a breach raises :class:`InputError` at the first chunk
     that shows it; otherwise ``finish(where)`` issues one :class:`ContractWarning` naming the fraction of affected
     constituents over everything seen.
     """
@@ -115,8 +114,7 @@ class MassCheck:
         self.contract, self.model_name, self.strict = contract, model_name, strict
         self.n_massive = self.n_total = 0
 
-    def update(self, massive_flags: np.ndarray, mask: np.ndarray, where: str) -> None:
-        n_massive, n_total = int((massive_flags & mask).sum()), int(mask.sum())
+    def update(self, n_massive: int, n_total: int, where: str) -> None:
         self.n_massive += n_massive
         self.n_total += n_total
         if self.strict and (message := self._breach(n_massive, n_total)):
@@ -168,7 +166,7 @@ def training_contract(spec: dict, model, train_cache, val_cache=None) -> InputCo
 
     p4, n_particles, _ = train_cache.rows(np.arange(min(len(train_cache), MASS_SAMPLE_JETS)))
     mask = np.arange(p4.shape[1]) < np.asarray(n_particles)[:, None]
-    fraction = float((massive(p4) & mask).sum() / max(1, mask.sum()))
+    fraction = float((massive(*np.moveaxis(p4, -1, 0)) & mask).sum() / max(1, mask.sum()))
     provenance = {"train": cache_provenance(train_cache)}
     if val_cache is not None:
         provenance["val"] = cache_provenance(val_cache)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jetkd import lorentz
 from jetkd.data.arrays import JetArrays
-from jetkd.data.sources import PaddedChunk, padded_chunk
+from jetkd.data.sources import JetChunk, jet_chunk, prefetched
 from jetkd.errors import InputError
 from jetkd.tagger import BATCH_SIZE, Tagger
 
@@ -105,7 +105,6 @@ def score_files(taggers: list[Tagger], inputs: list[str | Path], out: str | Path
     inputs, out = [Path(p) for p in inputs], Path(out)
     unique_names(taggers)
     plans = [_plan(path, dest, observers, tree, branch_map) for path, dest in zip(inputs, output_paths(inputs, out))]
-    n_max = max(t.contract.max_constituents for t in taggers)
     made_dir = len(inputs) > 1 and not out.exists()
     if made_dir:
         out.mkdir(parents=True)
@@ -115,7 +114,7 @@ def score_files(taggers: list[Tagger], inputs: list[str | Path], out: str | Path
         with tqdm(total=sum(p.n_jets for p in plans), unit="jet", desc="score", disable=None if progress else True) as bar:
             for plan in plans:
                 temps.append(plan.out.with_name(f".{plan.out.name}.tmp-{os.getpid()}"))
-                n_bad += _score_one(plan, temps[-1], taggers, n_max, step_size, batch_size, bar)
+                n_bad += _score_one(plan, temps[-1], taggers, step_size, batch_size, bar)
         for plan, tmp in zip(plans, temps):
             os.replace(tmp, plan.out)
     except BaseException:
@@ -162,21 +161,21 @@ def _file_columns(plan: _Plan) -> list[str]:
     return per_entry_branches(plan.path, (plan.branch_map or {}).get("tree"))
 
 
-def _score_one(plan: _Plan, tmp: Path, taggers: list[Tagger], n_max: int, step_size: int, batch_size: int,
+def _score_one(plan: _Plan, tmp: Path, taggers: list[Tagger], step_size: int, batch_size: int,
                bar) -> int:
     """Write ``plan``'s scores to ``tmp``; returns the number of jets that could not be scored."""
     import uproot
 
     from jetkd.data.readers import iter_jets
+    from jetkd.data.readers.root import write_compression
 
     checks = [t.mass_check() for t in taggers]
     copied = _iter_copied(plan, step_size)
     n_bad, tree = 0, None
-    with uproot.recreate(tmp) as f:
+    with uproot.recreate(tmp, compression=write_compression()) as f:
         chunks = iter_jets(plan.path, format=plan.format, step_size=step_size, branch_map=plan.branch_map,
                            label_mode="optional", validate=False)
-        for jets in chunks:
-            chunk = padded_chunk(jets, n_max)
+        for chunk in prefetched(jet_chunk(jets) for jets in chunks):  # reads ahead while scoring
             branches = _branches(plan, chunk, taggers, checks, batch_size)
             branches.update(next(copied, {}) if plan.copied else {})
             if tree is None:
@@ -192,7 +191,7 @@ def _score_one(plan: _Plan, tmp: Path, taggers: list[Tagger], n_max: int, step_s
     return n_bad
 
 
-def _branches(plan: _Plan, chunk: PaddedChunk, taggers: list[Tagger], checks, batch_size: int) -> dict:
+def _branches(plan: _Plan, chunk: JetChunk, taggers: list[Tagger], checks, batch_size: int) -> dict:
     where = str(plan.path)
     branches, ok = {}, chunk.ok.copy()
     for tagger, check in zip(taggers, checks):

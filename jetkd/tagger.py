@@ -22,10 +22,17 @@ import torch
 from torch import nn
 
 from jetkd.contract import InputContract, MassCheck
-from jetkd.data.sources import PaddedChunk, iter_padded
+from jetkd.data.sources import JetChunk, iter_chunks
 from jetkd.errors import InputError
 
 BATCH_SIZE = 4096  # jets per forward pass when scoring
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, float64 (in numpy: no thread-pool start-up per batch)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def leading(p4: torch.Tensor, mask: torch.Tensor, n_max: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,54 +89,61 @@ class Tagger(nn.Module):
               format: str = "auto", branch_map: dict | None = None) -> np.ndarray:
         """Class probabilities for every jet of ``source``, in input order.
 
-        source: a file path (any reader format, labelled or not), an awkward array of jets as uproot returns
-            it, padded ``p4`` or ``(p4, mask)`` arrays (see :mod:`jetkd.data.sources`).
+        source: a file path (any reader format, labelled or not), an awkward array of jets as uproot returns it,
+            padded ``p4`` or ``(p4, mask)`` arrays (see :mod:`jetkd.data.sources`).
         strict: contract breaches the model cannot repair (mass convention) raise :class:`InputError` instead of
             one :class:`~jetkd.contract.ContractWarning` (default: the tagger's ``strict``).
         Returns (n_jets, n_class) float64; NaN rows for jets without constituents or with non-finite momenta.
         """
         where = str(source) if isinstance(source, (str, Path)) else f"input ({type(source).__name__})"
         check = self.mass_check(strict)
-        parts = []
-        for chunk in iter_padded(source, self.contract.max_constituents, step_size=step_size, format=format,
-                                 branch_map=branch_map, label_mode="none"):
-            parts.append(self.score_chunk(chunk, check, where, batch_size))
+        parts = [self.score_chunk(chunk, check, where, batch_size)
+                 for chunk in iter_chunks(source, step_size=step_size, format=format, branch_map=branch_map,
+                                          label_mode="none")]
         check.finish(where)
         return np.concatenate(parts) if parts else np.zeros((0, self.contract.n_class))
 
     def mass_check(self, strict: bool | None = None) -> MassCheck:
         return MassCheck(self.contract, self.name, self.strict if strict is None else strict)
 
-    def score_chunk(self, chunk: PaddedChunk, check: MassCheck | None = None, where: str = "input",
+    def score_chunk(self, chunk: JetChunk, check: MassCheck | None = None, where: str = "input",
                     batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Probabilities (B, n_class) float64 for one :class:`PaddedChunk`; NaN where ``chunk.ok`` is False."""
-        n = self.contract.max_constituents
-        p4, n_particles = chunk.p4[:, :n], np.minimum(chunk.n_particles, n)
+        """Probabilities (B, n_class) float64 for one :class:`JetChunk`; NaN where ``chunk.ok`` is False."""
         if check is not None:
-            first = chunk.entry_start
-            check.update(chunk.massive[:, :n], chunk.mask[:, :n], f"{where}[entries {first}-{first + len(chunk) - 1}]")
+            check.update(*chunk.n_massive(self.contract.max_constituents),
+                         f"{where}[entries {chunk.entries[0]}-{chunk.entries[1]}]")
         out = np.full((len(chunk), self.contract.n_class), np.nan)
-        good = np.flatnonzero(chunk.ok)
-        out[good] = self.predict(p4[good], n_particles[good], batch_size)
+        out[chunk.ok] = self.predict(chunk.components, chunk.counts[chunk.ok], batch_size)
         return out
 
     @torch.inference_mode()
-    def predict(self, p4: np.ndarray, n_particles: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Softmax probabilities (B, n_class) float64 of jets given as leading-pT padded ``p4`` (B, W, 4) and
-        ``n_particles`` (B,) >= 1, computed by :meth:`inference_model`. Jets are batched by multiplicity (each batch
-        padded to its own longest jet) and the results put back in input order."""
-        from jetkd.evaluate.predict import softmax
+    def predict(self, components: np.ndarray, counts: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """Softmax probabilities (B, n_class) float64 of B jets whose constituents are given flat.
 
+        components: (4, n_total) float32 ``[E, px, py, pz]`` GeV of the constituents, jet after jet, by decreasing
+        pT within a jet; counts: (B,) >= 1 constituents per jet. Each jet is cut to its leading
+        ``contract.max_constituents``; jets are batched by multiplicity, each batch padded to its own longest jet
+        (so hardly padded at all), run through :meth:`inference_model`, and the results put back in input order.
+        """
         self.eval()
-        order = np.argsort(n_particles, kind="stable")
+        counts = np.asarray(counts, np.int64)
+        kept = np.minimum(counts, self.contract.max_constituents)
+        order = np.argsort(kept, kind="stable")
+        by_length = kept[order]
+        ends = np.cumsum(by_length)
+        starts = (np.cumsum(counts) - counts)[order]  # where each jet's constituents begin, in visiting order
+        total = int(ends[-1]) if len(ends) else 0
+        flat = components[:, np.repeat(starts - (ends - by_length), by_length) + np.arange(total)]  # (4, total)
         logits = np.empty((len(order), self.contract.n_class), np.float64)
         device, model = self.device, self.inference_model()
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            width = max(1, int(n_particles[rows].max()))
-            x = torch.from_numpy(np.ascontiguousarray(p4[rows, :width])).to(device)
-            mask = torch.arange(width, device=device) < torch.from_numpy(n_particles[rows]).to(device)[:, None]
-            logits[rows] = model(x, mask).double().cpu().numpy()
+        for a in range(0, len(order), batch_size):
+            b = min(a + batch_size, len(order))
+            width = max(1, int(by_length[b - 1]))
+            real = np.arange(width) < by_length[a:b, None]
+            x = np.zeros((4, b - a, width), np.float32)
+            x[:, real] = flat[:, ends[a] - by_length[a] : ends[b - 1]]
+            p4 = torch.from_numpy(x).to(device).permute(1, 2, 0)  # (b, width, 4)
+            logits[order[a:b]] = model(p4, torch.from_numpy(real).to(device)).double().cpu().numpy()
         return softmax(logits)
 
     def inference_model(self) -> nn.Module:

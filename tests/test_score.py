@@ -349,3 +349,68 @@ def test_readme_three_lines_run_as_written(runs, tmp_path, monkeypatch):
     scores = namespace["scores"]
     assert scores.shape == (25, 2)
     np.testing.assert_allclose(scores, jetkd.load(tmp_path / run).score(p4), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- more inputs and models
+
+
+def test_other_tree_names_and_branch_maps(runs, tmp_path):
+    p4, n, _ = toy_jets(12, 13, MAX_PARTICLES)
+    part = part_record(p4, n)
+    renamed = {"pf_px": part.px, "pf_py": part.py, "pf_pz": part.pz, "pf_e": part.energy}
+    with uproot.recreate(tmp_path / "events.root") as f:
+        f["Events"] = renamed
+        f["Runs"] = {"run": np.arange(3)}
+    with uproot.recreate(tmp_path / "single.root") as f:
+        f["jets"] = {"part_px": part.px, "part_py": part.py, "part_pz": part.pz, "part_energy": part.energy}
+    model = ["--model", str(runs / "runs" / "mlp")]
+    expected = jetkd.load(runs / "runs" / "mlp").score(p4)[:, 1]
+    assert main(["score", *model, str(tmp_path / "single.root"), "--out", str(tmp_path / "s.root")]) == 0
+    branch_map = "part_px=pf_px,part_py=pf_py,part_pz=pf_pz,part_energy=pf_e"
+    assert main(["score", *model, str(tmp_path / "events.root"), "--out", str(tmp_path / "e.root"), "--tree", "Events",
+                 "--branch-map", branch_map]) == 0
+    for out in ("s.root", "e.root"):
+        np.testing.assert_allclose(uproot.open(tmp_path / out)["tree"]["score_mlp_Tbqq"].array(library="np"), expected,
+                                   rtol=1e-6)
+    assert main(["score", *model, str(tmp_path / "events.root"), "--out", str(tmp_path / "x.root")]) == 2  # two trees
+
+
+def test_the_teacher_scores_too(lorentznet_teacher, test_jets):
+    p4, n, _ = test_jets
+    tagger = jetkd.load(lorentznet_teacher)
+    assert tagger.contract.features == ["minkowski_invariants", "mass", "beams"]
+    mask = torch.arange(MAX_PARTICLES) < torch.from_numpy(n)[:, None]
+    with torch.no_grad():
+        probs = torch.softmax(tagger(torch.from_numpy(p4), mask).double(), 1).numpy()
+    np.testing.assert_allclose(tagger.score(p4), probs, atol=1e-5)
+
+
+def test_mass_check_the_reverse_way():
+    from jetkd.contract import InputContract, MassCheck
+
+    contract = InputContract(model={"name": "mlp"}, features=["rel_pt"], max_constituents=16, massless=False,
+                             massive_fraction=0.6, class_names=["QCD", "top"], jetkd_version=jetkd.__version__)
+    with pytest.warns(ContractWarning, match=r"100\.0% of the constituents are massless"):
+        check = MassCheck(contract, "m")
+        check.update(0, 500, "a.root")
+        assert check.finish("a.root")
+    check = MassCheck(contract, "m")
+    check.update(300, 500, "a.root")  # massive like its training data: nothing to say
+    assert check.finish("a.root") is None
+    with pytest.raises(InputError, match="a.root.*massless.*strict"):
+        MassCheck(contract, "m", strict=True).update(0, 500, "a.root")
+
+
+def test_generator_settings_reach_the_contract(tmp_path):
+    import json
+
+    p4, n, label = toy_jets(80, 14, MAX_PARTICLES)
+    path = write_jetclass(tmp_path / "gen.root", p4, n, label)
+    settings = {"generator": "Pythia 8.317", "sqrt_s_gev": 14000.0, "massless": True, "seed": 4}
+    with uproot.update(path) as f:
+        f["jetkd_provenance"] = json.dumps(settings)
+    convert([path], tmp_path / "cache", max_particles=MAX_PARTICLES, progress=False)
+    Trainer(load_job(data=job_dict(tmp_path / "cache", tmp_path / "run", train={"epochs": 1})), progress=False).fit()
+    provenance = jetkd.load(tmp_path / "run").contract.provenance
+    assert provenance["train"]["inputs"][0]["generator"] == settings
+    assert provenance["train"]["inputs"][0]["jets"] == 80 and provenance["train"]["labelled"] is True

@@ -23,6 +23,27 @@ def make_p4(px, py, pz, E) -> ak.Array:
     return ak.zip(comps, with_name="Momentum4D")
 
 
+def pad_jagged(columns: list[np.ndarray], counts: np.ndarray, width: int) -> list[np.ndarray]:
+    """Flat per-constituent ``columns`` (n_total,) of consecutive jets (``counts`` (n_jets,) constituents each) as
+    zero-padded (n_jets, width) arrays holding each jet's first ``width`` values (array code, no loop over jets)."""
+    counts = np.asarray(counts, np.int64)
+    if (counts > width).any():
+        position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        columns = [c[position < width] for c in columns]
+    real = np.arange(width) < np.minimum(counts, width)[:, None]
+    out = []
+    for column in columns:
+        padded = np.zeros((len(counts), width), column.dtype)
+        padded[real] = column
+        out.append(padded)
+    return out
+
+
+def flat_components(p4: ak.Array) -> list[np.ndarray]:
+    """``[E, px, py, pz]`` of jagged constituents as flat (n_total,) numpy arrays, jets one after the other."""
+    return [ak.to_numpy(ak.flatten(p4[f], axis=1)) for f in ("E", "px", "py", "pz")]
+
+
 @dataclass
 class JetArrays:
     """A chunk of jets as read from one file.
@@ -97,8 +118,5 @@ class JetArrays:
         Returns ``p4`` (n_jets, max_particles, 4) float32 ``[E, px, py, pz]`` and ``n_particles`` (n_jets,) int64
         (clipped to ``max_particles``).
         """
-        cols = [
-            ak.to_numpy(ak.fill_none(ak.pad_none(self.p4[f], max_particles, axis=1, clip=True), 0.0))
-            for f in ("E", "px", "py", "pz")
-        ]
+        cols = pad_jagged(flat_components(self.p4), self.n_particles, max_particles)
         return np.stack(cols, -1).astype(np.float32, copy=False), np.minimum(self.n_particles, max_particles)

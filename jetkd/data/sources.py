@@ -9,13 +9,14 @@ A *source* is one of
     ``mask`` (B, N) bool; without a mask, all-zero rows of ``p4`` are padding;
   * a :class:`~jetkd.data.arrays.JetArrays` chunk.
 
-:func:`iter_padded` turns any of them into :class:`PaddedChunk` s: the leading constituents by pT, zero-padded,
-with the jets that cannot be scored (no constituents, a non-finite component) flagged, never dropped, so
-results stay aligned one to one with the input's entries.
+:func:`iter_chunks` turns any of them into :class:`JetChunk` s: each jet's leading constituents by pT, flat, with
+the jets that cannot be scored (no constituents, a non-finite component) flagged, never dropped, so results stay
+aligned one to one with the input's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from functools import cached_property
 import awkward as ak
 import numpy as np
 
-from jetkd.data.arrays import JetArrays, make_p4
+from jetkd.data.arrays import JetArrays, flat_components, make_p4, pad_jagged
 from jetkd.errors import InputError
 
 COMPONENT_NAMES = ("part_px", "part_py", "part_pz", "part_energy")
@@ -32,87 +33,118 @@ ENERGY_NAMES = ("E", "energy", "e", "t")
 
 
 @dataclass
-class PaddedChunk:
-    """Consecutive jets of one source, ready for a model.
+class JetChunk:
+    """Consecutive jets of one source, their constituents flat and ordered by decreasing pT within each jet.
 
-    p4:          (B, W, 4) float32 ``[E, px, py, pz]`` GeV: each jet's leading constituents by decreasing pT,
-                 zero-padded; W = min(n_max, the longest jet of the chunk), at least 1
-    n_particles: (B,) int64 constituents kept per jet (0 for a jet that cannot be scored)
+    components:  (4, n_total) float32 ``[E, px, py, pz]`` GeV of the constituents, jet 0's, then jet 1's, ...
+                 (none for a jet that cannot be scored); one contiguous row per component
+    counts:      (B,) int64 constituents of each jet in ``components`` (0 for a jet that cannot be scored)
     ok:          (B,) bool, False for a jet with no constituents or a non-finite component
     label:       (B,) int64 class index, -1 where unknown (unlabelled inputs)
     entry_start: entry of the first jet in its source
     jets:        the chunk as read (all constituents, file order), for jet-level observables
+    massive:     (n_total,) bool, which constituents have a mass (:func:`jetkd.contract.massive`)
     """
 
-    p4: np.ndarray
-    n_particles: np.ndarray
+    components: np.ndarray
+    counts: np.ndarray
     ok: np.ndarray
     label: np.ndarray
     entry_start: int
     jets: JetArrays
+    massive: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.n_particles)
+        return len(self.counts)
 
-    @cached_property
-    def mask(self) -> np.ndarray:
-        """(B, W) bool, True for the real constituents kept."""
-        return np.arange(self.p4.shape[1]) < self.n_particles[:, None]
+    @property
+    def entries(self) -> tuple[int, int]:
+        """``(first, last)`` entry of the chunk in its source, inclusive."""
+        return self.entry_start, self.entry_start + len(self) - 1
 
-    @cached_property
-    def massive(self) -> np.ndarray:
-        """(B, W) bool, constituents with a mass (:func:`jetkd.contract.massive`); False on padding."""
-        from jetkd.contract import massive
+    def n_massive(self, n: int) -> tuple[int, int]:
+        """``(massive, all)``: numbers of constituents among each jet's leading ``n``."""
+        kept = np.minimum(self.counts, n)
+        cumulative = np.concatenate([[0], np.cumsum(self.massive)])
+        starts = np.cumsum(self.counts) - self.counts
+        return int((cumulative[starts + kept] - cumulative[starts]).sum()), int(kept.sum())
 
-        return massive(self.p4) & self.mask
-
-
-def pad_leading(p4: ak.Array, n_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """The leading ``n_max`` constituents by pT of each jet, zero-padded.
-
-    p4: jagged ``n_jets * var * {px, py, pz, E}`` (GeV), any constituent order. Returns ``p4`` (n_jets, W, 4)
-    float32 ``[E, px, py, pz]``, W = ``min(n_max, longest jet)`` (>= 1), and ``n_particles`` (n_jets,) int64.
-    Array code on the flat constituent list; the sort is skipped when the constituents are already pT-ordered.
-    """
-    counts = ak.to_numpy(ak.num(p4, axis=1)).astype(np.int64)
-    comps = [ak.to_numpy(ak.flatten(p4[f], axis=1)).astype(np.float32, copy=False) for f in ("E", "px", "py", "pz")]
-    n_jets, n_total = len(counts), int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    jet = np.repeat(np.arange(n_jets), counts)
-    pos = np.arange(n_total) - starts[jet]
-    pt2 = comps[1].astype(np.float64) ** 2 + comps[2].astype(np.float64) ** 2
-    if n_total > 1 and np.any((jet[1:] == jet[:-1]) & (pt2[1:] > pt2[:-1])):
-        order = np.lexsort((-pt2, jet))  # by jet, then decreasing pT; stable for ties
-        comps = [c[order] for c in comps]
-    width = max(1, min(n_max, int(counts.max(initial=0))))
-    keep = pos < width
-    out = np.zeros((n_jets, width, 4), np.float32)
-    for k, comp in enumerate(comps):
-        out[jet[keep], pos[keep], k] = comp[keep]
-    return out, np.minimum(counts, width)
+    def padded(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-padded ``p4`` (B, n, 4) float32 of each jet's leading ``n`` constituents, and their counts (B,)."""
+        return np.stack(pad_jagged(list(self.components), self.counts, n), -1), np.minimum(self.counts, n)
 
 
-def padded_chunk(jets: JetArrays, n_max: int) -> PaddedChunk:
-    """A :class:`PaddedChunk` of ``jets``: the jets that cannot be scored get no constituents."""
+def jet_chunk(jets: JetArrays) -> JetChunk:
+    """A :class:`JetChunk` of ``jets``: the constituents ordered by decreasing pT within each jet (array code on
+    the flat list; no sort when they already come ordered, as jetkd writes them); the jets that cannot be scored
+    keep none."""
+    from jetkd.contract import massive
+
     bad = jets.bad_jets()
     p4 = jets.p4[~bad] if bad.any() else jets.p4
-    good_p4, good_n = pad_leading(p4, n_max)
-    if bad.any():
-        full = np.zeros((len(jets), good_p4.shape[1], 4), np.float32)
-        n_particles = np.zeros(len(jets), np.int64)
-        full[~bad], n_particles[~bad] = good_p4, good_n
-        good_p4, good_n = full, n_particles
-    return PaddedChunk(good_p4, good_n, ~bad, np.asarray(jets.label, np.int64), jets.entry_start, jets)
+    counts = np.zeros(len(jets), np.int64)
+    counts[~bad] = ak.to_numpy(ak.num(p4, axis=1))
+    components = np.stack(flat_components(p4)).astype(np.float32, copy=False)  # (4, n_total)
+    pt2 = components[1] ** 2 + components[2] ** 2
+    jet = np.repeat(np.arange(len(counts)), counts)
+    if np.any((jet[1:] == jet[:-1]) & (pt2[1:] > pt2[:-1])):
+        components = components[:, np.lexsort((-pt2, jet))]  # by jet, then decreasing pT; stable for ties
+    return JetChunk(components, counts, ~bad, np.asarray(jets.label, np.int64), jets.entry_start, jets,
+                    massive(*components))
 
 
-def iter_padded(source, n_max: int, *, step_size: int = 50_000, format: str = "auto",
-                branch_map: dict | None = None, label_mode: str = "optional") -> Iterator[PaddedChunk]:
-    """Stream ``source`` (see the module docstring) as :class:`PaddedChunk` s of at most ``step_size`` jets,
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer, so that reading and
+    decompressing the next chunk (which release the GIL) overlap with scoring this one. An exception in the
+    producer is raised in the consumer; leaving the loop early stops the producer."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as err:  # handed to the consumer
+            buffer.put((done, err))
+
+    thread = threading.Thread(target=produce, name="jetkd-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = buffer.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            with contextlib.suppress(queue.Empty):
+                buffer.get(timeout=0.1)
+        thread.join()
+
+
+def iter_chunks(source, *, step_size: int = 50_000, format: str = "auto",
+                branch_map: dict | None = None, label_mode: str = "optional") -> Iterator[JetChunk]:
+    """Stream ``source`` (see the module docstring) as :class:`JetChunk` s of at most ``step_size`` jets,
     in input order. Files are read with :func:`jetkd.data.readers.iter_jets` (``label_mode`` and ``branch_map``
     as there); structural problems (missing branches, truncated files) raise :class:`InputError`."""
     for jets in iter_jet_arrays(source, step_size=step_size, format=format, branch_map=branch_map,
                                 label_mode=label_mode):
-        yield padded_chunk(jets, n_max)
+        yield jet_chunk(jets)
 
 
 def iter_jet_arrays(source, *, step_size: int = 50_000, format: str = "auto", branch_map: dict | None = None,

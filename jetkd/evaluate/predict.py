@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from jetkd.data.loader import JetBatch
+from jetkd.tagger import softmax  # noqa: F401  (re-exported: evaluate's softmax)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -70,10 +71,3 @@ def predict(
     if not scores:
         return np.zeros((0, 0)), np.zeros((0,), dtype=np.int64)
     return softmax(np.concatenate(scores)), np.concatenate(labels).astype(np.int64)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, float64 (in numpy: no thread-pool start-up per batch)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)

@@ -72,9 +72,13 @@ class FoldedMLP(nn.Module):
 class FoldedDeepSet(nn.Module):
     """:class:`~jetkd.models.students.DeepSet` with its BatchNorms folded: ``model(p4, mask) -> logits``.
 
-    phi: the per-constituent chain on (B * N, F); pooling: ``bmm`` of the pT weights (B, 1, N) with the latents
-    (B, N, C); rho: the per-jet chain (the pooled BatchNorm and the last block's one folded) to the logits.
+    phi: the per-constituent chain on (b * N, F) rows, in blocks of about ``rows_per_block`` rows so that its
+    activations stay in the CPU cache (1.5-2.5x faster than whole batches of thousands of jets); pooling: the
+    pT-weighted sum of each block's latents; rho: the per-jet chain (the pooled BatchNorm and the last block's one
+    folded) to the logits.
     """
+
+    rows_per_block = 8192
 
     def __init__(self, deepset: DeepSet):
         super().__init__()
@@ -89,9 +93,14 @@ class FoldedDeepSet(nn.Module):
         x = self.features(p4, mask)  # (B, N, F), 0 on padding
         names = self.features.names
         weight = x[..., names.index("rel_pt")] if "rel_pt" in names else constituent_features(p4, mask, ("rel_pt",))[..., 0]
-        latent = self.phi(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)  # (B, N, C), finite on padding
-        pooled = (latent * weight[..., None]).sum(1)  # (B, C): sum_i w_i phi_i, w_i = 0 on padding
+        step = max(1, self.rows_per_block // x.shape[1])  # jets per block of phi rows
+        pooled = torch.cat([self._pool(x[i : i + step], weight[i : i + step]) for i in range(0, len(x), step)])
         return self.rho(pooled)
+
+    def _pool(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``sum_i w_i phi(x_i)`` (b, C) of a block of jets x (b, N, F), weights (b, N) (0 on padding)."""
+        latent = self.phi(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)  # (b, N, C), finite on padding
+        return (latent * weight[..., None]).sum(1)
 
 
 FOLDED = {MLP: FoldedMLP, DeepSet: FoldedDeepSet}
