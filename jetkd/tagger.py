@@ -117,11 +117,11 @@ class Tagger(nn.Module):
         return out
 
     @torch.inference_mode()
-    def predict(self, components: np.ndarray, counts: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def predict(self, components: list[np.ndarray], counts: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Softmax probabilities (B, n_class) float64 of B jets whose constituents are given flat.
 
-        components: (4, n_total) float32 ``[E, px, py, pz]`` GeV of the constituents, jet after jet, by decreasing
-        pT within a jet; counts: (B,) >= 1 constituents per jet. Each jet is cut to its leading
+        components: ``[E, px, py, pz]``, each (n_total,) float32 in GeV: the constituents jet after jet, by
+        decreasing pT within a jet; counts: (B,) >= 1 constituents per jet. Each jet is cut to its leading
         ``contract.max_constituents``; jets are batched by multiplicity, each batch padded to its own longest jet
         (so hardly padded at all), run through :meth:`inference_model`, and the results put back in input order.
         """
@@ -133,7 +133,8 @@ class Tagger(nn.Module):
         ends = np.cumsum(by_length)
         starts = (np.cumsum(counts) - counts)[order]  # where each jet's constituents begin, in visiting order
         total = int(ends[-1]) if len(ends) else 0
-        flat = components[:, np.repeat(starts - (ends - by_length), by_length) + np.arange(total)]  # (4, total)
+        take = np.repeat(starts - (ends - by_length), by_length) + np.arange(total)
+        flat = [c[take] for c in components]  # visiting order, each jet cut to its leading constituents
         logits = np.empty((len(order), self.contract.n_class), np.float64)
         device, model = self.device, self.inference_model()
         for a in range(0, len(order), batch_size):
@@ -141,7 +142,8 @@ class Tagger(nn.Module):
             width = max(1, int(by_length[b - 1]))
             real = np.arange(width) < by_length[a:b, None]
             x = np.zeros((4, b - a, width), np.float32)
-            x[:, real] = flat[:, ends[a] - by_length[a] : ends[b - 1]]
+            for k, component in enumerate(flat):
+                x[k, real] = component[ends[a] - by_length[a] : ends[b - 1]]
             p4 = torch.from_numpy(x).to(device).permute(1, 2, 0)  # (b, width, 4)
             logits[order[a:b]] = model(p4, torch.from_numpy(real).to(device)).double().cpu().numpy()
         return softmax(logits)

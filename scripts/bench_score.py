@@ -3,6 +3,9 @@
     python scripts/bench_score.py                         # generates 4,000 massless jets, tiles them to 200k
     python scripts/bench_score.py --root jets.root --tile 1 --threads 2
 
+Also prints the time uproot takes to read the constituents of that file written with LZ4 (how jetkd writes ROOT
+files) and with uproot's default ZLIB(1).
+
 Steps: a JetClass-style ROOT file from ``jetkd generate`` (tiled entry by entry to ``--jets`` jets, so the
 multiplicities are Pythia's), a cache of it, each student (``configs/mlp.yaml``'s and ``configs/deepset.yaml``'s
 architecture) trained one epoch so that it has a real checkpoint and contract, then in the same process:
@@ -34,9 +37,10 @@ MODELS = {
 TARGETS = {"mlp": 50_000, "deepset": 20_000}
 
 
-def tiled_root(source: Path, out: Path, n_jets: int) -> None:
+def tiled_root(source: Path, out: Path, n_jets: int, compression=None) -> None:
     """``out``: the entries of ``source`` repeated until ``n_jets``, same branches and layout (written as
-    ``jetkd generate`` writes: jagged ``part_*`` with counter ``jet_nparticles``, per-jet branches)."""
+    ``jetkd generate`` writes: jagged ``part_*`` with counter ``jet_nparticles``, per-jet branches, and its
+    compression unless ``compression`` is given)."""
     import awkward as ak
     import uproot
 
@@ -48,7 +52,7 @@ def tiled_root(source: Path, out: Path, n_jets: int) -> None:
     index = np.tile(np.arange(len(arrays)), reps)[:n_jets]
     part = ak.zip({k: arrays[f"part_{k}"] for k in ("px", "py", "pz", "energy")})
     flat = {k: ak.to_numpy(arrays[k]) for k in arrays.fields if not k.startswith("part_") and k != "jet_nparticles"}
-    with uproot.recreate(out, compression=write_compression()) as f:
+    with uproot.recreate(out, compression=compression or write_compression()) as f:
         tree = None
         for lo in range(0, n_jets, 10_000):  # baskets of 10k jets
             rows = index[lo : lo + 10_000]
@@ -57,6 +61,21 @@ def tiled_root(source: Path, out: Path, n_jets: int) -> None:
                 tree = f.mktree("tree", data, counter_name=lambda _: "jet_nparticles")
             else:
                 tree.extend(data)
+
+
+def read_seconds(path: Path, repeats: int = 2) -> float:
+    """Best seconds over ``repeats`` reads of the constituent branches of ``path`` with uproot (decompression
+    included; the file is in the page cache)."""
+    import uproot
+
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with uproot.open(path) as f:
+            for _ in f["tree"].iterate(filter_name=["part_px", "part_py", "part_pz", "part_energy"], step_size=50_000):
+                pass
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def train_one_epoch(cache: Path, run: Path, model: dict) -> None:
@@ -101,6 +120,12 @@ def main() -> None:
             generate(root, n_jets=4000, seed=1, workers=2, massless=True, progress=False)
         big = tmp / "scored.root"
         tiled_root(root, big, args.jets)
+        import uproot
+
+        tiled_root(root, tmp / "zlib.root", args.jets, compression=uproot.ZLIB(1))
+        print(f"reading the constituents: {read_seconds(big):.2f} s with jetkd's LZ4(1) "
+              f"({big.stat().st_size / 1e6:.0f} MB), {read_seconds(tmp / 'zlib.root'):.2f} s with uproot's default "
+              f"ZLIB(1) ({(tmp / 'zlib.root').stat().st_size / 1e6:.0f} MB)")
         with contextlib.redirect_stdout(io.StringIO()):
             convert([root], tmp / "cache", max_particles=128, seed=1, progress=False)
         chunks = list(iter_chunks(big, label_mode="none"))  # the jets in memory: flat, pT-ordered

@@ -414,3 +414,23 @@ def test_generator_settings_reach_the_contract(tmp_path):
     provenance = jetkd.load(tmp_path / "run").contract.provenance
     assert provenance["train"]["inputs"][0]["generator"] == settings
     assert provenance["train"]["inputs"][0]["jets"] == 80 and provenance["train"]["labelled"] is True
+
+
+def test_jet_chunk_orders_constituents_by_pt_within_each_jet():
+    from jetkd.data.arrays import JetArrays, make_p4
+    from jetkd.data.sources import jet_chunk
+
+    pt = [[1.0, 5.0, 3.0], [], [9.0], [2.0, 4.0]]  # jet 1 empty: cannot be scored, keeps no constituents
+    px = ak.Array(pt)
+    zeros = px * 0
+    chunk = jet_chunk(JetArrays(make_p4(px, zeros, zeros, px), np.full(4, -1), "t", 10))
+    np.testing.assert_array_equal(chunk.components[1], [5.0, 3.0, 1.0, 9.0, 4.0, 2.0])
+    np.testing.assert_array_equal(chunk.counts, [3, 0, 1, 2])
+    np.testing.assert_array_equal(chunk.ok, [True, False, True, True])
+    assert chunk.entries == (10, 13) and chunk.n_massive(2) == (0, 5)
+    p4, n = chunk.padded(2)
+    np.testing.assert_array_equal(p4[..., 1], [[5, 3], [0, 0], [9, 0], [4, 2]])
+    ordered = jet_chunk(JetArrays(make_p4(ak.Array([[3.0, 2.0], [7.0, 1.0]]), ak.Array([[0.0, 0], [0, 0]]),
+                                          ak.Array([[0.0, 0], [0, 0]]), ak.Array([[3.0, 2.0], [7.0, 1.0]])),
+                                  np.zeros(2), "t"))
+    np.testing.assert_array_equal(ordered.components[0], [3.0, 2.0, 7.0, 1.0])  # already ordered: kept as read

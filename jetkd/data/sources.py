@@ -36,8 +36,8 @@ ENERGY_NAMES = ("E", "energy", "e", "t")
 class JetChunk:
     """Consecutive jets of one source, their constituents flat and ordered by decreasing pT within each jet.
 
-    components:  (4, n_total) float32 ``[E, px, py, pz]`` GeV of the constituents, jet 0's, then jet 1's, ...
-                 (none for a jet that cannot be scored); one contiguous row per component
+    components:  ``[E, px, py, pz]``, each (n_total,) float32 in GeV: the constituents of jet 0, then of jet 1, ...
+                 (none for a jet that cannot be scored)
     counts:      (B,) int64 constituents of each jet in ``components`` (0 for a jet that cannot be scored)
     ok:          (B,) bool, False for a jet with no constituents or a non-finite component
     label:       (B,) int64 class index, -1 where unknown (unlabelled inputs)
@@ -46,7 +46,7 @@ class JetChunk:
     massive:     (n_total,) bool, which constituents have a mass (:func:`jetkd.contract.massive`)
     """
 
-    components: np.ndarray
+    components: list[np.ndarray]
     counts: np.ndarray
     ok: np.ndarray
     label: np.ndarray
@@ -71,7 +71,7 @@ class JetChunk:
 
     def padded(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Zero-padded ``p4`` (B, n, 4) float32 of each jet's leading ``n`` constituents, and their counts (B,)."""
-        return np.stack(pad_jagged(list(self.components), self.counts, n), -1), np.minimum(self.counts, n)
+        return np.stack(pad_jagged(self.components, self.counts, n), -1), np.minimum(self.counts, n)
 
 
 def jet_chunk(jets: JetArrays) -> JetChunk:
@@ -84,11 +84,14 @@ def jet_chunk(jets: JetArrays) -> JetChunk:
     p4 = jets.p4[~bad] if bad.any() else jets.p4
     counts = np.zeros(len(jets), np.int64)
     counts[~bad] = ak.to_numpy(ak.num(p4, axis=1))
-    components = np.stack(flat_components(p4)).astype(np.float32, copy=False)  # (4, n_total)
+    components = [c.astype(np.float32, copy=False) for c in flat_components(p4)]  # views of what was read
     pt2 = components[1] ** 2 + components[2] ** 2
-    jet = np.repeat(np.arange(len(counts)), counts)
-    if np.any((jet[1:] == jet[:-1]) & (pt2[1:] > pt2[:-1])):
-        components = components[:, np.lexsort((-pt2, jet))]  # by jet, then decreasing pT; stable for ties
+    rising = pt2[1:] > pt2[:-1]
+    ends = np.cumsum(counts)
+    rising[ends[(ends > 0) & (ends < len(pt2))] - 1] = False  # from one jet to the next is not a rise
+    if rising.any():
+        order = np.lexsort((-pt2, np.repeat(np.arange(len(counts)), counts)))  # by jet, then decreasing pT; stable
+        components = [c[order] for c in components]
     return JetChunk(components, counts, ~bad, np.asarray(jets.label, np.int64), jets.entry_start, jets,
                     massive(*components))
 
