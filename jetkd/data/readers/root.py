@@ -43,8 +43,8 @@ PROVENANCE = "jetkd_provenance"
 
 def write_compression():
     """How jetkd writes ROOT files (``jetkd generate``, ``jetkd score``): LZ4 level 1. Float constituents compress
-    poorly whatever the algorithm, and LZ4 reads ~10x faster than uproot's default ZLIB(1): the constituents of
-    200k generated jets in 0.11 s against 1.06 s, for 6% more bytes (measured while writing scripts/bench_score.py).
+    poorly whatever the algorithm, and LZ4 reads ~6x faster than uproot's default ZLIB(1): the constituents of
+    200k generated jets in 0.14 s against 0.89 s, for 6% more bytes (``scripts/bench_score.py``, docs/results.md).
     ROOT reads it natively (since 6.12)."""
     return uproot.LZ4(1)
 
