@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jetkd import lorentz
 from jetkd.errors import InputError
 
 MASSIVE_M2_OVER_E2 = 1e-5
@@ -105,9 +104,9 @@ def class_names(cache_attrs: dict, n_class: int) -> list[str]:
 class MassCheck:
     """Accumulates the mass convention of the constituents a model is fed and reports a breach once.
 
-    ``update(n_massive, n_constituents, where)`` per chunk; with ``strict`` a breach raises :class:`InputError` at the first chunk
-    that shows it; otherwise ``finish(where)`` issues one :class:`ContractWarning` naming the fraction of affected
-    constituents over everything seen.
+    ``update(n_massive, n_constituents, where)`` per chunk; with ``strict`` a breach raises :class:`InputError` at
+    the first chunk that shows it; otherwise ``finish(where)`` issues one :class:`ContractWarning` naming the
+    fraction of affected constituents over everything seen.
     """
 
     def __init__(self, contract: InputContract, model_name: str, strict: bool = False):

@@ -5,7 +5,8 @@ holds a TTree ``tree`` with one entry per input entry, in the same order (jets t
 scores and ``score_ok = false``), so it attaches to the input as a friend (``TTree::AddFriend``) or by entry
 number in uproot/awkward. Branches:
 
-    score_<model>_<class>   float32   class probability of each tagger, per class (names from its contract)
+    score_<model>_<class>   float32   class probability of each tagger, per class (names from its contract, any
+                                      character but letters, digits and _ replaced by _)
     score_ok                bool      False for a jet without constituents or with a non-finite momentum
     label                   int32     the input's class index (-1 where missing), when the input is labelled
     <observer>              as read   copied from the input (ROOT branches), or computed from the constituents
@@ -31,7 +32,7 @@ from jetkd import lorentz
 from jetkd.data.arrays import JetArrays
 from jetkd.data.sources import JetChunk, jet_chunk, prefetched
 from jetkd.errors import InputError
-from jetkd.tagger import BATCH_SIZE, Tagger
+from jetkd.tagger import BATCH_SIZE, Tagger, branch_name
 
 SUFFIX = ".scores.root"
 
@@ -48,8 +49,6 @@ OBSERVABLES: dict[str, Callable[[JetArrays], np.ndarray]] = {
 def unique_names(taggers: list[Tagger]) -> list[Tagger]:
     """Make tagger names unique: names shared by several taggers get their run's parent folder as a prefix
     (``seedA/mlp``, ``seedB/mlp`` -> ``seedA_mlp``, ``seedB_mlp``), and a counter if that is not enough."""
-    from jetkd.tagger import branch_name
-
     names = [t.name for t in taggers]
     for tagger in taggers:
         if names.count(tagger.name) > 1 and tagger.source:
@@ -184,7 +183,7 @@ def _score_one(plan: _Plan, tmp: Path, taggers: list[Tagger], step_size: int, ba
             n_bad += int((~chunk.ok).sum())
             bar.update(len(chunk))
         if tree is None:  # an input without jets: an empty tree with the score branches
-            f.mktree("tree", {f"score_{t.name}_{c}": np.float32 for t in taggers for c in t.class_names}
+            f.mktree("tree", {f"score_{t.name}_{branch_name(c)}": np.float32 for t in taggers for c in t.class_names}
                      | {"score_ok": np.bool_}, title="jetkd scores")
     for check in checks:
         check.finish(str(plan.path))
@@ -198,7 +197,7 @@ def _branches(plan: _Plan, chunk: JetChunk, taggers: list[Tagger], checks, batch
         probs = tagger.score_chunk(chunk, check, where, batch_size)
         ok &= np.isfinite(probs).all(1)
         for k, name in enumerate(tagger.class_names):
-            branches[f"score_{tagger.name}_{name}"] = probs[:, k].astype(np.float32)
+            branches[f"score_{tagger.name}_{branch_name(name)}"] = probs[:, k].astype(np.float32)
     branches["score_ok"] = ok
     if chunk.jets.class_names is not None:
         branches["label"] = chunk.label.astype(np.int32)

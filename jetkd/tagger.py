@@ -13,6 +13,7 @@ caller uses never changes a score.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from pathlib import Path
@@ -74,7 +75,7 @@ class Tagger(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.model.state_dict().values())).device
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         p4, mask = leading(p4, mask, self.contract.max_constituents)

@@ -434,3 +434,10 @@ def test_jet_chunk_orders_constituents_by_pt_within_each_jet():
                                           ak.Array([[0.0, 0], [0, 0]]), ak.Array([[3.0, 2.0], [7.0, 1.0]])),
                                   np.zeros(2), "t"))
     np.testing.assert_array_equal(ordered.components[0], [3.0, 2.0, 7.0, 1.0])  # already ordered: kept as read
+
+
+def test_branch_names_are_root_identifiers():
+    from jetkd.tagger import branch_name
+
+    assert branch_name("b-jet (hadronic)") == "b_jet_hadronic" and branch_name("top_Tbqq") == "top_Tbqq"
+    assert branch_name("---") == "model"

@@ -1,10 +1,11 @@
-"""Jets to score, from wherever an analysis holds them, as padded chunks in input order.
+"""Jets to score, from wherever an analysis holds them, as chunks in input order.
 
 A *source* is one of
   * a file path in any format the readers support (:mod:`jetkd.data.readers`), labelled or not;
   * an awkward array of jets as uproot returns it: a record with jagged ``part_px, part_py, part_pz,
-    part_energy`` fields (or a ``part`` record field with ``px, py, pz, energy``), or a jagged record of four-vectors (fields ``px, py, pz`` and ``E``/``energy``/``e``/
-    ``t``, or anything with ``vector``'s ``px, py, pz, E`` properties);
+    part_energy`` fields (or a ``part`` record field with ``px, py, pz, energy``), or a jagged record of
+    four-vectors (fields ``px, py, pz`` and ``E``/``energy``/``e``/``t``, or anything with ``vector``'s
+    ``px, py, pz, E`` properties);
   * padded arrays (numpy or torch): ``p4`` (B, N, 4) ``[E, px, py, pz]`` GeV, or a pair ``(p4, mask)`` with
     ``mask`` (B, N) bool; without a mask, all-zero rows of ``p4`` are padding;
   * a :class:`~jetkd.data.arrays.JetArrays` chunk.
@@ -20,7 +21,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 
 import awkward as ak
 import numpy as np

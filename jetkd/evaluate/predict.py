@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from jetkd.data.loader import JetBatch
-from jetkd.tagger import softmax  # noqa: F401  (re-exported: evaluate's softmax)
+from jetkd.tagger import softmax
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
