@@ -296,6 +296,7 @@ def test_no_labels_cache_scores_but_does_not_train(runs, tmp_path, capsys):
     assert main(["convert", str(path), "--out", str(tmp_path / "cache")]) == 2  # labels are required by default
     assert "label" in capsys.readouterr().err
     assert main(["convert", str(path), "--out", str(tmp_path / "cache"), "--no-labels"]) == 0
+    assert "train: 48 jets (unlabelled: 48)" in capsys.readouterr().out
     from jetkd.data.cache import JetCache
 
     cache = JetCache(tmp_path / "cache" / "train.h5")
@@ -313,13 +314,14 @@ def test_no_labels_cache_scores_but_does_not_train(runs, tmp_path, capsys):
     assert "test.h5" in capsys.readouterr().err
 
 
-def test_convert_keeps_each_jets_origin(tmp_path):
+def test_convert_keeps_each_jets_origin(tmp_path, capsys):
     import h5py
 
     p4, n, label = toy_jets(30, 6, MAX_PARTICLES)
     a = write_jetclass(tmp_path / "a.root", p4[:10], n[:10], label[:10])
     b = write_jetclass(tmp_path / "b.root", p4[10:], n[10:], label[10:])
     convert([a, b], tmp_path / "cache", max_particles=MAX_PARTICLES, progress=False)
+    assert re.search(r"train: 24 jets \(QCD: \d+, Tbqq: \d+\)", capsys.readouterr().out)
     for split in ("train", "val", "test"):
         with h5py.File(tmp_path / "cache" / f"{split}.h5") as f:
             source, entry, stored = f["source"][()], f["entry"][()], f["p4"][()]
