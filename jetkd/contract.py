@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def cache_provenance(cache) -> dict:
     convert`` stored (sources, formats, split, seed, per-input jet counts and generator settings)."""
     import json
 
-    out = {"cache": str(cache.path), "jets": len(cache)}
+    out = {"cache": str(Path(cache.path).resolve()), "jets": len(cache)}
     for key, value in cache.attrs.items():
         if isinstance(value, bytes):
             value = value.decode()
