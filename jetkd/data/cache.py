@@ -27,7 +27,6 @@ from jetkd.errors import InputError
 
 FORMAT_VERSION = 2  # 2: datasets source and entry, attrs inputs, labelled, class_names (1 is read as well)
 DATASETS = ("p4", "n_particles", "label")
-ORIGIN = ("source", "entry")  # where each jet came from: input file index and entry
 CHUNK_JETS = 1024
 
 

@@ -3,8 +3,8 @@
 A :class:`~jetkd.models.students.LinearBlock` is Linear -> LeakyReLU -> BatchNorm. In eval mode the BatchNorm is
 an affine map per channel, ``y = s * z + t``, so the next Linear ``W y + b`` equals ``(W diag(s)) z + (W t + b)``:
 the network becomes Linear -> LeakyReLU -> Linear -> ... with no normalisation left. The deep set's per-constituent
-network then runs on the padded (B, N, F) features as one chain of matrix products, and its pT-weighted sum is one
-batched product with the weights (zero on padding, so no mask is needed there).
+network then runs on the padded (B, N, F) features as one chain of matrix products, block by cache-sized block, and
+its pT-weighted sum needs no mask (the weights are zero on padding).
 
 Same logits as the plain models (``model.eval()(p4, mask)``) up to float rounding (tested to 1e-5); the plain
 models stay the reference and the training form. :func:`fold` returns the folded copy of a student, or the model
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from jetkd.models.features import constituent_features
-from jetkd.models.students import MLP, DeepSet, LinearBlock
+from jetkd.models.students import MLP, DeepSet, LinearBlock, flat_inputs
 
 
 def _affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,10 +63,7 @@ class FoldedMLP(nn.Module):
         self.net = _chain(list(mlp.blocks), mlp.classifier)
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.features(p4, mask)  # (B, N, F)
-        n = x.shape[1]
-        x = x[:, : self.n_constituents] if n >= self.n_constituents else nn.functional.pad(x, (0, 0, 0, self.n_constituents - n))
-        return self.net(x.flatten(1))
+        return self.net(flat_inputs(self.features(p4, mask), self.n_constituents))
 
 
 class FoldedDeepSet(nn.Module):

@@ -88,11 +88,16 @@ class MLP(nn.Module):
         return self.features.names
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.features(p4, mask).to(self.classifier.weight.dtype)  # (B, N, F)
-        n = x.shape[1]
-        x = x[:, : self.n_constituents] if n >= self.n_constituents else F.pad(x, (0, 0, 0, self.n_constituents - n))
-        x = self.blocks(x.flatten(1))  # (B, feature_dim)
-        return self.classifier(x)
+        x = flat_inputs(self.features(p4, mask).to(self.classifier.weight.dtype), self.n_constituents)
+        return self.classifier(self.blocks(x))  # blocks: (B, feature_dim)
+
+
+def flat_inputs(x: torch.Tensor, n_constituents: int) -> torch.Tensor:
+    """The MLP's input: per-constituent features x (B, N, F) cut or zero-padded to ``n_constituents`` and flattened
+    constituent-major to (B, n_constituents * F)."""
+    n = x.shape[1]
+    x = x[:, :n_constituents] if n >= n_constituents else F.pad(x, (0, 0, 0, n_constituents - n))
+    return x.flatten(1)
 
 
 class Phi(nn.Module):
