@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the jetkd command sets it, before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 MODELS = {
     "mlp": {"name": "mlp", "n_constituents": 128, "hidden": [512, 512]},
