@@ -37,16 +37,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def leading(p4: torch.Tensor, mask: torch.Tensor, n_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each jet's leading constituents by pT, cut to ``min(n_max, longest jet)``.
+    """Each jet's leading constituents by pT, cut to ``min(n_max, N)`` slots.
 
     p4: (B, N, 4) ``[E, px, py, pz]`` GeV, zero-padded; mask: (B, N) bool. Returns ``(p4, mask)`` of shape
-    (B, W, 4), (B, W) with padding after the real constituents and zeros in it; W >= 1.
+    (B, W, 4), (B, W), W = min(n_max, N), with padding after the real constituents and zeros in it. No
+    data-dependent shape, so it traces and exports with a dynamic N.
     """
     mask = mask.bool()
     pt2 = (p4[..., 1] ** 2 + p4[..., 2] ** 2).masked_fill(~mask, -1.0)
-    order = torch.sort(pt2, dim=1, descending=True, stable=True).indices
-    width = max(1, min(n_max, int(mask.sum(1).max()) if mask.numel() else 1))
-    order = order[:, :width]
+    order = torch.sort(pt2, dim=1, descending=True, stable=True).indices[:, :n_max]
     mask = torch.gather(mask, 1, order)
     p4 = torch.gather(p4, 1, order[..., None].expand(-1, -1, 4)) * mask[..., None]
     return p4, mask

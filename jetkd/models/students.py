@@ -94,10 +94,9 @@ class MLP(nn.Module):
 
 def flat_inputs(x: torch.Tensor, n_constituents: int) -> torch.Tensor:
     """The MLP's input: per-constituent features x (B, N, F) cut or zero-padded to ``n_constituents`` and flattened
-    constituent-major to (B, n_constituents * F)."""
-    n = x.shape[1]
-    x = x[:, :n_constituents] if n >= n_constituents else F.pad(x, (0, 0, 0, n_constituents - n))
-    return x.flatten(1)
+    constituent-major to (B, n_constituents * F). Padded first, then cut, without a branch on N, so that an export
+    with a dynamic constituent axis stays right for every N."""
+    return F.pad(x, (0, 0, 0, n_constituents))[:, :n_constituents].flatten(1)
 
 
 class Phi(nn.Module):
