@@ -45,7 +45,7 @@ def leading(p4: torch.Tensor, mask: torch.Tensor, n_max: int) -> tuple[torch.Ten
     """
     mask = mask.bool()
     pt2 = (p4[..., 1] ** 2 + p4[..., 2] ** 2).masked_fill(~mask, -1.0)
-    order = torch.sort(pt2, dim=1, descending=True, stable=True).indices[:, :n_max]
+    order = torch.sort(pt2, dim=1, descending=True).indices[:, :n_max]
     mask = torch.gather(mask, 1, order)
     p4 = torch.gather(p4, 1, order[..., None].expand(-1, -1, 4)) * mask[..., None]
     return p4, mask
@@ -159,13 +159,57 @@ class Tagger(nn.Module):
         return fast[1]
 
 
+class OnnxTagger(Tagger):
+    """A tagger exported with ``jetkd export --format onnx``, run by onnxruntime on the CPU; the same ``score``,
+    ``predict`` and ``tagger(p4, mask)`` as :class:`Tagger` (its graph holds the preprocessing too)."""
+
+    def __init__(self, path: str | Path, contract: InputContract, name: str, strict: bool = False):
+        import onnxruntime as ort
+
+        super().__init__(nn.Identity(), contract, name, strict, str(path))
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        feed = {"p4": np.ascontiguousarray(p4.detach().cpu().numpy(), np.float32),
+                "mask": np.ascontiguousarray(mask.detach().cpu().numpy(), bool)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+    def inference_model(self):
+        return self.forward
+
+
+def _load_onnx(path: Path, strict: bool, name: str | None) -> OnnxTagger:
+    import json
+
+    from jetkd.export.onnx import METADATA_KEY, _require
+
+    onnx = _require("onnx")
+    _require("onnxruntime")
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except FileNotFoundError:
+        raise InputError(str(path), "no such file") from None
+    except Exception as err:  # truncated or foreign file
+        raise InputError(str(path), f"not a readable ONNX model ({type(err).__name__}: {str(err)[:200]})") from None
+    if METADATA_KEY not in props:
+        raise InputError(str(path), f"an ONNX model without jetkd's input contract (metadata {METADATA_KEY!r}); "
+                                    "export it with jetkd export --format onnx")
+    contract = InputContract.from_dict(json.loads(props[METADATA_KEY]), str(path))
+    return OnnxTagger(path, contract, name or branch_name(path.stem), strict)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu", strict: bool = False,
          name: str | None = None) -> Tagger:
     """The tagger of a run folder (its ``best.pt``), or of a ``best.pt`` / ``last.pt`` checkpoint, in eval mode on
-    ``device``. The deploy form is loaded (NORM folded, CDD pruned, training heads dropped).
+    ``device``. The deploy form is loaded (NORM folded, CDD pruned, training heads dropped). A ``.onnx`` file from
+    ``jetkd export`` gives an :class:`OnnxTagger` (onnxruntime, CPU) with the same interface.
 
     strict: make contract breaches the model cannot repair errors instead of warnings.
     name: the tagger's name (output branches); default: the run folder's name.
@@ -174,6 +218,10 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", strict: bool =
     from jetkd.train.checkpoint import load_checkpoint
 
     path = Path(path)
+    if path.suffix == ".onnx":
+        if str(device) != "cpu":
+            raise InputError(str(path), f"an ONNX tagger runs on the CPU (onnxruntime), not on {device}")
+        return _load_onnx(path, strict, name)
     ckpt = load_checkpoint(path)
     ckpt_path = path / "best.pt" if path.is_dir() else path
     if "contract" in ckpt:

@@ -291,8 +291,9 @@ class LGEB(nn.Module):
 
     def _fused(self, h: torch.Tensor) -> bool:
         """Whether the pair chain runs as :class:`PairChain`: on CPU, without autocast, and with no hooks on
-        the modules it bypasses (phi_e.2 .. phi_e.4, phi_m, phi_x), so they still fire when someone listens."""
-        if h.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        the modules it bypasses (phi_e.2 .. phi_e.4, phi_m, phi_x), so they still fire when someone listens; not
+        while exporting (torch.export / ONNX), which traces the plain modules."""
+        if h.device.type != "cpu" or torch.is_autocast_enabled("cpu") or torch.compiler.is_exporting():
             return False
         chain = [*self.phi_e[2:], *self.phi_m, *(self.phi_x if not self.last_layer else ())]
         return not any(m._forward_hooks or m._forward_pre_hooks for m in chain)
@@ -354,6 +355,8 @@ class LorentzNet(nn.Module):
         Returns logits (B, n_class)."""
         x, s, node_mask = graph_inputs(p4, mask, beams)
         cost = default_group_cost(x.device) if self.group_cost is None else self.group_cost
+        if torch.compiler.is_exporting():  # one padded grid: the grouping decides shapes from the data
+            cost = math.inf
         grid = PairGrid(node_mask, cost)
         h = self.embedding(s)  # (B, M, C)
         for block in self.LGEBs:

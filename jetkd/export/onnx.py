@@ -1,0 +1,146 @@
+"""``jetkd export RUN --format onnx``: a trained tagger as one ONNX graph, preprocessing included.
+
+The exported graph is the :class:`~jetkd.tagger.Tagger` of the run's deploy form (NORM folded, CDD pruned, training
+heads dropped): inputs ``p4`` (batch, N, 4) float32 ``[E, px, py, pz]`` GeV and ``mask`` (batch, N) bool, output
+``logits`` (batch, n_class); batch and N are dynamic, and the graph orders the constituents by pT and cuts or pads
+them to the model's own count for any N. It is written with PyTorch's dynamo exporter (the legacy exporter has no
+``aten::asinh``). The input contract is stored as JSON in the model's metadata (``jetkd_contract``), so
+:func:`jetkd.load` and ``jetkd score`` rebuild an ONNX tagger from the file alone.
+
+Before the file is written, onnxruntime runs it on real jets (the run's validation cache, or ``data``) padded to
+several lengths, and its logits are compared with PyTorch's; above ``tolerance`` (default 1e-4) the export fails and
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jetkd.errors import InputError
+
+TOLERANCE = 1e-4
+PARITY_JETS = 256
+METADATA_KEY = "jetkd_contract"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes (parity check failed)."""
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise InputError("jetkd export", f"needs the {module} package: pip install 'jetkd[export]'") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's notes (torchvision ops it skips, axis renaming, deprecations) kept off the user's screen."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def parity_jets(tagger, data: str | Path | None = None, n_jets: int = PARITY_JETS) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n_jets`` real jets as padded ``p4`` (B, N, 4) and ``mask`` (B, N): from ``data`` (any reader format
+    or a jetkd cache), else the run's validation (or training) cache named in its contract."""
+    from jetkd.data.cache import JetCache
+
+    if data is None:
+        provenance = tagger.contract.provenance
+        data = next((provenance[s]["cache"] for s in ("val", "train") if Path(provenance.get(s, {}).get("cache", "")).is_file()), None)
+        if data is None:
+            raise InputError(str(tagger.source), "no jets to check the export on: the run's caches are gone; give --data FILE")
+    path = Path(data)
+    if not path.is_file():
+        raise InputError(str(path), "no such file")
+    try:
+        cache = JetCache(path)
+    except InputError:  # not a cache: any format the readers know
+        from jetkd.data.sources import iter_chunks
+
+        chunk = next(iter_chunks(path, step_size=n_jets, label_mode="none"), None)
+        if chunk is None:
+            raise InputError(str(path), "no jets to check the export on") from None
+        p4, n = chunk.padded(int(chunk.counts.max(initial=1)))
+        keep = chunk.ok
+        return p4[keep], (np.arange(p4.shape[1]) < n[:, None])[keep]
+    p4, n, _ = cache.rows(np.arange(min(n_jets, len(cache))))
+    return p4, np.arange(p4.shape[1]) < n[:, None]
+
+
+def _widths(n_max: int, longest: int) -> list[int]:
+    """Padding lengths to check: shorter than the model reads (jets cut), its own count, and longer."""
+    return sorted({max(1, n_max // 2), n_max, max(n_max, longest) + 7})
+
+
+def _padded(p4: np.ndarray, mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    out_p4, out_mask = np.zeros((len(p4), width, 4), np.float32), np.zeros((len(p4), width), bool)
+    k = min(width, p4.shape[1])
+    out_p4[:, :k], out_mask[:, :k] = p4[:, :k], mask[:, :k]
+    out_p4[~out_mask] = 0
+    return out_p4, out_mask
+
+
+def export_onnx(run: str | Path, out: str | Path, *, data: str | Path | None = None,
+                tolerance: float = TOLERANCE) -> dict:
+    """Export the tagger of ``run`` (folder, best.pt or last.pt) to ``out`` (.onnx); returns the parity report
+    ``{"max_abs_diff", "widths", "n_jets", "out"}``. :class:`ExportError` if onnxruntime and PyTorch differ by more
+    than ``tolerance`` on real jets (nothing is written then); :class:`InputError` for bad arguments."""
+    _require("onnx"), _require("onnxscript"), _require("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
+    from jetkd.tagger import load
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise InputError(str(out), "expected an output file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise InputError(str(out.parent), "output directory does not exist")
+    tagger = load(run)
+    p4, mask = parity_jets(tagger, data)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        batch, n = torch.export.Dim("batch"), torch.export.Dim("n_constituents", min=1)
+        example = (torch.from_numpy(p4[:8]), torch.from_numpy(mask[:8]))
+        with _quiet():
+            torch.onnx.export(tagger, example, str(tmp), dynamo=True, input_names=["p4", "mask"],
+                              output_names=["logits"], dynamic_shapes={"p4": {0: batch, 1: n}, "mask": {0: batch, 1: n}},
+                              external_data=False, verbose=False)
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(tagger.contract.to_dict())})
+        onnx.save(model, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        widths = _widths(tagger.contract.max_constituents, p4.shape[1])
+        worst = 0.0
+        for width in widths:
+            x, m = _padded(p4, mask, width)
+            onnx_logits = session.run(None, {"p4": x, "mask": m})[0]
+            with torch.no_grad():
+                torch_logits = tagger(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+            worst = max(worst, float(np.abs(onnx_logits - torch_logits).max()))
+        if not worst <= tolerance:
+            raise ExportError(f"{out}: onnxruntime and PyTorch differ by up to {worst:.3g} in the logits of {len(p4)} "
+                              f"jets (tolerance {tolerance:g}); nothing written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"out": str(out), "max_abs_diff": worst, "widths": widths, "n_jets": len(p4)}
