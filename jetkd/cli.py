@@ -246,23 +246,29 @@ def _run_score(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export a trained tagger (deploy form + preprocessing) to ONNX, checked against PyTorch",
+        help="export a trained tagger to ONNX (checked against PyTorch) or a student to hls4ml (C-simulated)",
         description="Export the deploy form of a run (NORM folded, CDD pruned, heads dropped) with its preprocessing "
         "as one ONNX graph: inputs p4 (batch, N, 4) float32 [E, px, py, pz] GeV and mask (batch, N) bool, output "
         "logits; batch and N dynamic. onnxruntime then runs it on real jets padded to several lengths; above "
         "--tolerance in |delta logit| against PyTorch the export fails and writes nothing. The input contract goes "
-        "into the ONNX metadata, so jetkd score and jetkd.load take the file.",
+        "into the ONNX metadata, so jetkd score and jetkd.load take the file. --format hls4ml writes the student's "
+        "network (features computed upstream, see DIR/inputs.json) as hls4ml project(s), runs their bit-accurate C "
+        "simulation on test jets and writes DIR/parity.json.",
         epilog=_examples(
             """
             jetkd export runs/quickstart/deepset_kd --format onnx --out deepset_kd.onnx
             jetkd export runs/qs/mlp/best.pt --format onnx --out mlp.onnx --data jets.root
+            jetkd export runs/trigger/mlp16 --format hls4ml --out hls/mlp16 --precision "ap_fixed<16,6>"
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder, best.pt or last.pt")
-    p.add_argument("--format", required=True, choices=["onnx"], help="output format")
-    p.add_argument("--out", required=True, help="output file (.onnx)")
+    p.add_argument("--format", required=True, choices=["onnx", "hls4ml"], help="output format")
+    p.add_argument("--out", required=True, help="output file (.onnx) or folder (hls4ml)")
+    p.add_argument("--precision", default=None, help="hls4ml: ap_fixed<W,I> for every layer (default: per layer "
+                   "from the trained model's weights and activations on real jets, 16 bits)")
+    p.add_argument("--backend", default="Vitis", help="hls4ml backend: Vitis or Vivado (default: %(default)s)")
     p.add_argument("--data", default=None, help="jets to check the export on (any format jetkd reads, or a cache "
                    "file; default: the run's validation cache)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |delta logit| accepted (default: %(default)g)")
@@ -272,6 +278,8 @@ def _add_export(sub) -> None:
 def _run_export(args) -> int:
     from jetkd.export.onnx import ExportError, export_onnx
 
+    if args.format == "hls4ml":
+        return _run_export_hls4ml(args)
     try:
         report = export_onnx(args.run, args.out, data=args.data, tolerance=args.tolerance)
     except ExportError as err:
@@ -280,6 +288,20 @@ def _run_export(args) -> int:
     print(f"Exported {args.run} to {report['out']}: onnxruntime matches PyTorch to {report['max_abs_diff']:.2g} in the "
           f"logits (tolerance {args.tolerance:g}) on {report['n_jets']} real jets padded to "
           f"{', '.join(map(str, report['widths']))} constituents.")
+    return 0
+
+
+def _run_export_hls4ml(args) -> int:
+    from jetkd.export.hls import export_hls4ml
+
+    p = export_hls4ml(args.run, args.out, precision=args.precision, backend=args.backend, data=args.data)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"Wrote the hls4ml project(s) {', '.join(p['projects'])} of {args.run} to {args.out}/ ({args.backend}). "
+          f"C simulation on {p['n_jets']} jets: argmax agreement {p['argmax_agreement']:.4f} with the float model, "
+          f"max |delta logit| {p['max_abs_diff']:.3g}, AUC {fmt(p['auc_float'])} float / {fmt(p['auc_fixed'])} fixed, "
+          f"1/eps_B at eps_S = 0.3 {fmt(p['rej_30_float'])} / {fmt(p['rej_30_fixed'])}; {p['multiplications']:,} "
+          f"multiplications per inference, {p['weight_bits']:,} weight bits. Inputs in {args.out}/inputs.json, "
+          f"figures in {args.out}/parity.json.")
     return 0
 
 

@@ -126,3 +126,54 @@ def test_export_bad_input_and_failed_parity_leave_nothing(cache, tmp_path, capsy
     (tmp_path / "foreign.onnx").write_bytes(b"not onnx")
     assert main(["score", "--model", str(tmp_path / "foreign.onnx"), str(tmp_path / "x.root"), "--out",
                  str(tmp_path / "s.root")]) == 2
+
+
+# ----------------------------------------------------------------------------- hls4ml
+
+
+@pytest.fixture(scope="module")
+def students(cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hls_students")
+    return {name: train(cache, root / name, model) for name, model in (("mlp", TINY_MLP), ("deepset", TINY_DEEPSET))}
+
+
+@pytest.mark.parametrize("name", ["mlp", "deepset"])
+def test_hls4ml_c_simulation_agrees_with_the_float_model(students, tmp_path, name, capsys):
+    import json
+
+    out = tmp_path / "hls"
+    assert main(["export", str(students[name]), "--format", "hls4ml", "--out", str(out)]) == 0
+    assert "C simulation on 96 jets" in capsys.readouterr().out
+    parity = json.loads((out / "parity.json").read_text())
+    projects = ["net"] if name == "mlp" else ["phi", "rho"]
+    assert parity["projects"] == projects and all((out / p / "firmware").is_dir() for p in projects)
+    assert parity["n_jets"] == 96 and parity["argmax_agreement"] >= 0.97 and parity["max_abs_diff"] < 0.05
+    assert abs(parity["auc_fixed"] - parity["auc_float"]) < 0.02
+    for key in ("rej_30_float", "rej_30_fixed", "rej_50_float", "rej_50_fixed"):
+        assert key in parity
+    expected = 8 * 4 * 16 + 16 * 2 if name == "mlp" else 16 * (4 * 16 + 16 * 16 + 16) + 16 * 16 + 16 * 2
+    assert parity["multiplications"] == expected
+    assert parity["weight_bits"] > 0 and all("ap_fixed<16," in t for layer in parity["precision"][projects[0]].values()
+                                              for t in layer.values())
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert inputs["features"] == ["rel_pt", "deta", "dphi", "mass"] and inputs["constituents"] == 16
+    assert inputs["units"]["dphi"].startswith("rad")
+    # a coarse fixed point really computes in fixed point: the C simulation moves away from the float model
+    coarse = tmp_path / "coarse"
+    assert main(["export", str(students[name]), "--format", "hls4ml", "--out", str(coarse), "--precision",
+                 "ap_fixed<6,2>"]) == 0
+    assert json.loads((coarse / "parity.json").read_text())["max_abs_diff"] > 10 * parity["max_abs_diff"]
+
+
+def test_hls4ml_bad_input(students, lorentznet_teacher, tmp_path, capsys):
+    cases = [
+        ([str(students["mlp"]), "--precision", "ap_fixed<16>"], "--precision"),
+        ([str(students["mlp"]), "--backend", "Quartus"], "--backend"),
+        ([str(lorentznet_teacher)], "lorentznet"),
+    ]
+    for args, needle in cases:
+        capsys.readouterr()
+        assert main(["export", *args, "--format", "hls4ml", "--out", str(tmp_path / "hls")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err
+    assert not any(tmp_path.iterdir())

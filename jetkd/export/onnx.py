@@ -58,16 +58,22 @@ def _quiet():
             logger.setLevel(level)
 
 
-def parity_jets(tagger, data: str | Path | None = None, n_jets: int = PARITY_JETS) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``n_jets`` real jets as padded ``p4`` (B, N, 4) and ``mask`` (B, N): from ``data`` (any reader format
-    or a jetkd cache), else the run's validation (or training) cache named in its contract."""
+def parity_jets(tagger, data: str | Path | None = None, n_jets: int = PARITY_JETS,
+                splits: tuple[str, ...] = ("val", "test", "train")) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n_jets`` real jets: padded ``p4`` (B, N, 4), ``mask`` (B, N) and ``label`` (B,) (-1 if unknown).
+    From ``data`` (a jetkd cache or any reader format), else the first of the run's cache files ``splits``
+    (from the checkpoint's config) that still exists."""
     from jetkd.data.cache import JetCache
+    from jetkd.train.checkpoint import load_checkpoint
 
-    if data is None:
-        provenance = tagger.contract.provenance
-        data = next((provenance[s]["cache"] for s in ("val", "train") if Path(provenance.get(s, {}).get("cache", "")).is_file()), None)
+    if data is None:  # the run's caches: as configured (maybe relative to where it ran), else as trained on
+        configured = load_checkpoint(tagger.source)["config"].get("data", {})
+        trained = {s: v.get("cache", "") for s, v in tagger.contract.provenance.items()}
+        candidates = [c.get(s) for s in splits for c in (configured, trained)]
+        data = next((c for c in candidates if c and Path(c).is_file()), None)
         if data is None:
-            raise InputError(str(tagger.source), "no jets to check the export on: the run's caches are gone; give --data FILE")
+            raise InputError(str(tagger.source), "no jets to check the export on: the run's caches are gone; "
+                                                 "give --data FILE")
     path = Path(data)
     if not path.is_file():
         raise InputError(str(path), "no such file")
@@ -76,14 +82,14 @@ def parity_jets(tagger, data: str | Path | None = None, n_jets: int = PARITY_JET
     except InputError:  # not a cache: any format the readers know
         from jetkd.data.sources import iter_chunks
 
-        chunk = next(iter_chunks(path, step_size=n_jets, label_mode="none"), None)
-        if chunk is None:
+        chunk = next(iter_chunks(path, step_size=n_jets, label_mode="optional"), None)
+        if chunk is None or not chunk.ok.any():
             raise InputError(str(path), "no jets to check the export on") from None
-        p4, n = chunk.padded(int(chunk.counts.max(initial=1)))
+        p4, n = chunk.padded(int(chunk.counts.max()))
         keep = chunk.ok
-        return p4[keep], (np.arange(p4.shape[1]) < n[:, None])[keep]
-    p4, n, _ = cache.rows(np.arange(min(n_jets, len(cache))))
-    return p4, np.arange(p4.shape[1]) < n[:, None]
+        return p4[keep], (np.arange(p4.shape[1]) < n[:, None])[keep], chunk.label[keep]
+    p4, n, label = cache.rows(np.arange(min(n_jets, len(cache))))
+    return p4, np.arange(p4.shape[1]) < n[:, None], label
 
 
 def _widths(n_max: int, longest: int) -> list[int]:
@@ -116,7 +122,7 @@ def export_onnx(run: str | Path, out: str | Path, *, data: str | Path | None = N
     if not out.parent.is_dir():
         raise InputError(str(out.parent), "output directory does not exist")
     tagger = load(run)
-    p4, mask = parity_jets(tagger, data)
+    p4, mask, _ = parity_jets(tagger, data)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         batch, n = torch.export.Dim("batch"), torch.export.Dim("n_constituents", min=1)

@@ -1,0 +1,253 @@
+"""``jetkd export RUN --format hls4ml``: a trained student as an hls4ml project, checked bit-accurately.
+
+What goes into firmware is the student's network in its folded inference form (:mod:`jetkd.models.folded`:
+Linear -> LeakyReLU chains, BatchNorms folded in); its inputs are the per-constituent features, which the trigger's
+upstream firmware computes. ``DIR/inputs.json`` states them: names and order, units, scaling (none: the values the
+model computes from ``p4``), the constituent count and the layout.
+
+* MLP: one project ``DIR/net``; input (n_constituents * F,), the leading constituents' features, constituent-major.
+* Deep set: two projects with the pT-weighted sum between them, ``DIR/phi`` (one constituent's F features -> C
+  latents; run on every constituent) and ``DIR/rho`` (the pooled C -> logits). The sum ``sum_i (pT_i / pT_jet)
+  phi_i`` is an accumulator between the two; it is kept out of hls4ml because hls4ml 1.3 computes einsum-style
+  pooling with wrong values and output shape under its default channels-last conversion, and a Linear applied
+  to an (N, F) input with the wrong weight layout (both seen when this was written). Here the sum is done in float64
+  between the two C simulations.
+
+Precision: ``--precision ap_fixed<W,I>`` for every layer, or by default per layer from the trained model: the integer
+bits of each weight, bias, output and accumulator from the largest magnitude it takes on real jets (``profile``), at
+``DEFAULT_WIDTH`` bits. hls4ml's bit-accurate C simulation (``compile()`` and ``predict()``, g++ only) then scores
+test jets, and ``DIR/parity.json`` holds its agreement with the float model and the resource proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from jetkd.errors import InputError
+
+DEFAULT_WIDTH = 16
+PARITY_JETS = 2000
+_PRECISION = re.compile(r"^\s*ap_fixed\s*<\s*(\d+)\s*,\s*(-?\d+)\s*>\s*$")
+BACKENDS = ("Vitis", "Vivado")
+UNITS = {"rel_pt": "1 (pT / pT_jet)", "deta": "1 (eta - eta_jet)", "dphi": "rad (phi - phi_jet, wrapped to [-pi, pi))",
+         "mass": "GeV", "delta_r": "1", "rel_e": "1 (E / E_jet)", "log_rel_pt": "1 (log(pT / pT_jet))",
+         "log_rel_e": "1 (log(E / E_jet))", "pt": "GeV", "e": "GeV", "log_pt": "1 (log(pT / GeV))",
+         "log_e": "1 (log(E / GeV))"}
+
+
+def parse_precision(text: str) -> tuple[int, int]:
+    """``"ap_fixed<16,6>"`` -> ``(16, 6)``; InputError naming ``--precision`` otherwise."""
+    m = _PRECISION.match(text or "")
+    if not m or not 1 <= int(m[2]) <= int(m[1]) <= 64:
+        raise InputError("--precision", f"expected ap_fixed<W,I> with 1 <= I <= W <= 64, got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def networks(tagger) -> dict[str, nn.Sequential]:
+    """The plain networks that become hls4ml projects: ``{"net"}`` for an MLP, ``{"phi", "rho"}`` for a deep set."""
+    from jetkd.models.folded import FoldedDeepSet, FoldedMLP
+
+    folded = tagger.inference_model()
+    if isinstance(folded, FoldedMLP):
+        nets = {"net": folded.net}
+    elif isinstance(folded, FoldedDeepSet):
+        nets = {"phi": folded.phi, "rho": folded.rho}
+    else:
+        raise InputError(str(tagger.source), f"hls4ml export takes the students (mlp, deepset), not "
+                                             f"{tagger.contract.model['name']!r}")
+    for net in nets.values():
+        for layer in net:
+            if isinstance(layer, nn.LeakyReLU):
+                layer.inplace = False  # hls4ml's tracer reads the graph, not in-place updates
+    return nets
+
+
+def network_inputs(tagger, p4: np.ndarray, mask: np.ndarray) -> dict:
+    """Float inputs of each network on jets ``p4`` (B, N, 4), ``mask`` (B, N): ``{"net": (B, n F)}`` or
+    ``{"phi": (n_real, F), "weight": (n_real,), "jet": (n_real,) jet index, "rho": (B, C)}``."""
+    from jetkd.models.students import flat_inputs
+    from jetkd.tagger import leading
+
+    folded = tagger.inference_model()
+    with torch.no_grad():
+        x4, m = leading(torch.from_numpy(p4), torch.from_numpy(mask), tagger.contract.max_constituents)
+        features = folded.features(x4, m)
+        if "net" in networks(tagger):
+            return {"net": flat_inputs(features, folded.n_constituents).numpy()}
+        names = folded.features.names
+        from jetkd.models.features import constituent_features
+
+        weight = (features[..., names.index("rel_pt")] if "rel_pt" in names
+                  else constituent_features(x4, m, ("rel_pt",))[..., 0])
+        real = m.numpy()
+        x_real = features.numpy()[real]
+        latent = folded.phi(torch.from_numpy(x_real)).numpy()
+        jet = np.nonzero(real)[0]
+        return {"phi": x_real, "weight": weight.numpy()[real], "jet": jet,
+                "rho": pool(latent, weight.numpy()[real], jet, len(p4))}
+
+
+def pool(latent: np.ndarray, weight: np.ndarray, jet: np.ndarray, n_jets: int) -> np.ndarray:
+    """The deep set's pT-weighted sum, float64 -> float32: (n_jets, C) from per-constituent ``latent`` (n_real, C)."""
+    out = np.zeros((n_jets, latent.shape[1]))
+    np.add.at(out, jet, latent.astype(np.float64) * weight[:, None])
+    return out.astype(np.float32)
+
+
+def profile(net: nn.Sequential, x: np.ndarray, width: int) -> dict[str, dict[str, str]]:
+    """Per-layer hls4ml precisions for ``net`` on inputs ``x``: integer bits from the largest magnitude of each
+    weight, bias, output and accumulated sum (sign bit included), ``width`` bits in all."""
+
+    def fixed(largest: float) -> str:
+        integer = max(1, math.ceil(math.log2(max(largest, 2.0**-8) * 1.01)) + 1)
+        return f"ap_fixed<{max(width, integer + 1)},{integer}>"
+
+    layers, h = {}, torch.from_numpy(x)
+    with torch.no_grad():
+        for i, layer in enumerate(net):
+            out = layer(h)
+            if isinstance(layer, nn.Linear):
+                w, b = layer.weight.abs(), layer.bias.abs()
+                accumulated = (h.abs() @ w.T + b).max().item()  # bound on every partial sum
+                layers[f"_{i}"] = {"weight": fixed(w.max().item()), "bias": fixed(b.max().item()),
+                                   "result": fixed(out.abs().max().item()), "accum": fixed(accumulated)}
+            else:
+                layers[f"_{i}"] = {"result": fixed(out.abs().max().item())}
+            h = out
+    return layers
+
+
+def multiplications(tagger) -> int:
+    """Multiplications per inference: every Linear's in x out, the deep set's phi once per constituent plus its
+    weighting (n_constituents x C)."""
+    nets = networks(tagger)
+    per = {k: sum(l.in_features * l.out_features for l in net if isinstance(l, nn.Linear)) for k, net in nets.items()}
+    if "net" in per:
+        return per["net"]
+    n = tagger.contract.max_constituents
+    latent = [l for l in nets["phi"] if isinstance(l, nn.Linear)][-1].out_features
+    return n * (per["phi"] + latent) + per["rho"]
+
+
+def _weight_bits(net: nn.Sequential, precisions: dict) -> int:
+    bits = 0
+    for i, layer in enumerate(net):
+        if isinstance(layer, nn.Linear):
+            p = precisions[f"_{i}"]
+            bits += layer.weight.numel() * _width(p["weight"]) + layer.bias.numel() * _width(p["bias"])
+    return bits
+
+
+def _width(precision: str) -> int:
+    return parse_precision(precision)[0]
+
+
+def _project(net: nn.Sequential, x: np.ndarray, out_dir: Path, precision, backend: str):
+    """hls4ml model of ``net`` (input width ``x.shape[1]``) written to ``out_dir`` and compiled (C simulation)."""
+    import hls4ml
+
+    default = "ap_fixed<{},{}>".format(*precision) if precision else f"ap_fixed<{DEFAULT_WIDTH},6>"
+    config = hls4ml.utils.config_from_pytorch_model(net, input_shape=(x.shape[1],), granularity="name",
+                                                    default_precision=default, backend=backend)
+    profiled = profile(net, x, DEFAULT_WIDTH)
+    chosen = profiled if precision is None else {name: dict.fromkeys(types, default) for name, types in profiled.items()}
+    for name, types in chosen.items():
+        config["LayerName"][name]["Precision"].update({k: v for k, v in types.items()
+                                                       if k in config["LayerName"][name]["Precision"]})
+    model = hls4ml.converters.convert_from_pytorch_model(net, hls_config=config, output_dir=str(out_dir),
+                                                         backend=backend, io_type="io_parallel")
+    model.compile()
+    return model, chosen
+
+
+def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None = None, backend: str = "Vitis",
+                  data: str | Path | None = None, n_jets: int = PARITY_JETS) -> dict:
+    """Write the hls4ml project(s) of ``run``'s student to ``out_dir``, run the C simulation on test jets and write
+    ``inputs.json`` and ``parity.json`` (returned). Nothing is left behind on failure."""
+    from jetkd.evaluate import binary_metrics
+    from jetkd.export.onnx import _quiet, _require, parity_jets
+    from jetkd.tagger import load, softmax
+
+    _require("hls4ml")
+    if backend not in BACKENDS:
+        raise InputError("--backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    fixed = parse_precision(precision) if precision is not None else None
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(str(out_dir), "exists and is not an empty folder; choose a new output folder")
+    tagger = load(run)
+    nets = networks(tagger)
+    p4, mask, label = parity_jets(tagger, data, n_jets, splits=("test", "val"))
+    inputs = network_inputs(tagger, p4, mask)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    try:
+        with _quiet():
+            projects = {name: _project(net, inputs[name], tmp / name, fixed, backend) for name, net in nets.items()}
+        if "net" in projects:
+            fixed_logits = projects["net"][0].predict(np.ascontiguousarray(inputs["net"]))
+        else:
+            latent = projects["phi"][0].predict(np.ascontiguousarray(inputs["phi"]))
+            pooled = pool(np.asarray(latent).reshape(len(inputs["phi"]), -1), inputs["weight"], inputs["jet"], len(p4))
+            fixed_logits = projects["rho"][0].predict(np.ascontiguousarray(pooled))
+        fixed_logits = np.asarray(fixed_logits, np.float64).reshape(len(p4), -1)
+        with torch.no_grad():
+            float_logits = tagger(torch.from_numpy(p4), torch.from_numpy(mask)).double().numpy()
+        parity = _parity(float_logits, fixed_logits, label, binary_metrics, softmax)
+        parity.update(multiplications=multiplications(tagger),
+                      weight_bits=sum(_weight_bits(nets[k], projects[k][1]) for k in nets),
+                      precision={k: projects[k][1] for k in nets}, backend=backend, projects=sorted(nets))
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
+        (tmp / "inputs.json").write_text(json.dumps(_inputs_doc(tagger, nets), indent=1))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return parity
+
+
+def _parity(float_logits, fixed_logits, label, binary_metrics, softmax) -> dict:
+    import warnings
+
+    out = {"n_jets": len(label), "max_abs_diff": float(np.abs(fixed_logits - float_logits).max()),
+           "argmax_agreement": float((fixed_logits.argmax(1) == float_logits.argmax(1)).mean())}
+    labelled = label >= 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind, logits in (("float", float_logits), ("fixed", fixed_logits)):
+            m = binary_metrics(softmax(logits[labelled]), label[labelled]) if labelled.any() else {}
+            for key, name in (("auc", "auc"), ("rej_30", "rej_30"), ("rej_50", "rej_50")):
+                value = m.get(key, float("nan"))
+                out[f"{name}_{kind}"] = None if not np.isfinite(value) else float(value)
+    return out
+
+
+def _inputs_doc(tagger, nets) -> dict:
+    c = tagger.contract
+    doc = {
+        "features": c.features,
+        "units": {name: UNITS[name] for name in c.features},
+        "scaling": "none: the features exactly as the model computes them (jetkd.models.features)",
+        "jet_axis": f"E-scheme sum of the leading {c.max_constituents} constituents by pT",
+        "constituents": c.max_constituents,
+        "ordering": c.ordering,
+        "class_names": c.class_names,
+        "contract": c.to_dict(),
+    }
+    if "net" in nets:
+        n = c.model.get("n_constituents", 128)
+        doc["layout"] = (f"net: ({n} * {len(c.features)},) the leading {n} constituents' features, constituent-major "
+                         f"(constituent 0's {len(c.features)} features first), zeros for missing constituents")
+    else:
+        doc["layout"] = ("phi: one constituent's features (F,) -> latent (C,), for every constituent; then the sum "
+                         "over constituents of (pT / pT_jet) * latent; rho: that sum (C,) -> logits")
+    return doc
