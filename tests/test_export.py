@@ -147,6 +147,7 @@ def test_hls4ml_c_simulation_agrees_with_the_float_model(students, tmp_path, nam
     parity = json.loads((out / "parity.json").read_text())
     projects = ["net"] if name == "mlp" else ["phi", "rho"]
     assert parity["projects"] == projects and all((out / p / "firmware").is_dir() for p in projects)
+    assert f"OutputDir: {out / projects[0]}" in (out / projects[0] / "hls4ml_config.yml").read_text()
     assert parity["n_jets"] == 96 and parity["argmax_agreement"] >= 0.97 and parity["max_abs_diff"] < 0.05
     assert abs(parity["auc_fixed"] - parity["auc_float"]) < 0.02
     for key in ("rej_30_float", "rej_30_fixed", "rej_50_float", "rej_50_fixed"):

@@ -207,6 +207,8 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
                       precision={k: projects[k][1] for k in nets}, backend=backend, projects=sorted(nets))
         (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
         (tmp / "inputs.json").write_text(json.dumps(_inputs_doc(tagger, nets), indent=1))
+        for config in tmp.glob("*/hls4ml_config.yml"):  # the projects' OutputDir: where they end up
+            config.write_text(config.read_text().replace(str(tmp), str(out_dir.resolve())))
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
