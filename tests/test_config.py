@@ -65,3 +65,16 @@ def test_shipped_configs_are_valid(path):
 def test_quickstart_pipeline_rejects_unknown_student_key():
     with pytest.raises(InputError, match=r"students\.mlp|train\.epohcs"):
         load_pipeline(QUICKSTART, ["students.mlp.train.epohcs=3"])
+
+
+@pytest.mark.parametrize("name", ["trigger_mlp16", "trigger_mlp32", "trigger_deepset16", "trigger_deepset32"])
+def test_trigger_configs_are_level1_sized(name):
+    from jetkd.models import build_model
+    from jetkd.models.students import count_parameters
+
+    job = load_job(CONFIGS / f"{name}.yaml")
+    n = int(name.removeprefix("trigger_mlp").removeprefix("trigger_deepset"))
+    assert job.data.train == f"data/toptag{n}/train.h5"  # a cache of the leading n constituents
+    assert count_parameters(build_model(job.model)) <= 4000
+    if job.model["name"] == "mlp":
+        assert job.model["n_constituents"] == n
