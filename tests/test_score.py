@@ -443,3 +443,27 @@ def test_branch_names_are_root_identifiers():
 
     assert branch_name("b-jet (hadronic)") == "b_jet_hadronic" and branch_name("top_Tbqq") == "top_Tbqq"
     assert branch_name("---") == "model"
+
+
+def test_a_killed_score_leaves_no_output(runs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p4, n, _ = toy_jets(4000, 31, MAX_PARTICLES)
+    reps = 50  # 200k jets: long enough to be killed mid-way
+    path = write_jetclass(tmp_path / "big.root", np.tile(p4, (reps, 1, 1)), np.tile(n, reps))
+    out = tmp_path / "big.scores.root"
+    cmd = [sys.executable, "-m", "jetkd", "score", "--model", str(runs / "runs" / "deepset"), str(path), "--out",
+           str(out), "--step-size", "5000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".big.scores.root.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "scoring ended before it could be killed"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # the final name appears only once everything is written
