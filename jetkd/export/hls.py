@@ -74,26 +74,20 @@ def networks(tagger) -> dict[str, nn.Sequential]:
 def network_inputs(tagger, p4: np.ndarray, mask: np.ndarray) -> dict:
     """Float inputs of each network on jets ``p4`` (B, N, 4), ``mask`` (B, N): ``{"net": (B, n F)}`` or
     ``{"phi": (n_real, F), "weight": (n_real,), "jet": (n_real,) jet index, "rho": (B, C)}``."""
+    from jetkd.models.folded import FoldedMLP
     from jetkd.models.students import flat_inputs
     from jetkd.tagger import leading
 
     folded = tagger.inference_model()
     with torch.no_grad():
         x4, m = leading(torch.from_numpy(p4), torch.from_numpy(mask), tagger.contract.max_constituents)
-        features = folded.features(x4, m)
-        if "net" in networks(tagger):
-            return {"net": flat_inputs(features, folded.n_constituents).numpy()}
-        names = folded.features.names
-        from jetkd.models.features import constituent_features
-
-        weight = (features[..., names.index("rel_pt")] if "rel_pt" in names
-                  else constituent_features(x4, m, ("rel_pt",))[..., 0])
+        if isinstance(folded, FoldedMLP):
+            return {"net": flat_inputs(folded.features(x4, m), folded.n_constituents).numpy()}
+        x, weight = folded.inputs(x4, m)
         real = m.numpy()
-        x_real = features.numpy()[real]
+        x_real, weight_real, jet = x.numpy()[real], weight.numpy()[real], np.nonzero(real)[0]
         latent = folded.phi(torch.from_numpy(x_real)).numpy()
-        jet = np.nonzero(real)[0]
-        return {"phi": x_real, "weight": weight.numpy()[real], "jet": jet,
-                "rho": pool(latent, weight.numpy()[real], jet, len(p4))}
+    return {"phi": x_real, "weight": weight_real, "jet": jet, "rho": pool(latent, weight_real, jet, len(p4))}
 
 
 def pool(latent: np.ndarray, weight: np.ndarray, jet: np.ndarray, n_jets: int) -> np.ndarray:

@@ -85,11 +85,17 @@ class FoldedDeepSet(nn.Module):
         rho = list(deepset.rho.blocks)
         self.rho = _chain(rho, deepset.classifier, _affine(deepset.rho.norm))
 
-    def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def inputs(self, p4: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi's inputs, the per-constituent features (B, N, F), and the pooling weights pT / pT_jet (B, N); both 0
+        on padding."""
         mask = mask.bool()
-        x = self.features(p4, mask)  # (B, N, F), 0 on padding
+        x = self.features(p4, mask)
         names = self.features.names
         weight = x[..., names.index("rel_pt")] if "rel_pt" in names else constituent_features(p4, mask, ("rel_pt",))[..., 0]
+        return x, weight
+
+    def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, weight = self.inputs(p4, mask)
         step = max(1, self.rows_per_block // x.shape[1])  # jets per block of phi rows
         pooled = torch.cat([self._pool(x[i : i + step], weight[i : i + step]) for i in range(0, len(x), step)])
         return self.rho(pooled)
