@@ -154,8 +154,11 @@ def test_hls4ml_c_simulation_agrees_with_the_float_model(students, tmp_path, nam
         assert key in parity
     expected = 8 * 4 * 16 + 16 * 2 if name == "mlp" else 16 * (4 * 16 + 16 * 16 + 16) + 16 * 16 + 16 * 2
     assert parity["multiplications"] == expected
-    assert parity["weight_bits"] > 0 and all("ap_fixed<16," in t for layer in parity["precision"][projects[0]].values()
-                                              for t in layer.values())
+    layers = parity["precision"][projects[0]]
+    assert parity["weight_bits"] > 0 and all(layer[k].startswith("ap_fixed<16,") and layer[k].endswith(",AP_RND,AP_SAT>")
+                                             for layer in layers.values() for k in ("weight", "bias", "result")
+                                             if k in layer)
+    assert parity["emulation_max_abs_diff"] == 0.0  # jetkd.quant computes what the C simulation computes, bit for bit
     inputs = json.loads((out / "inputs.json").read_text())
     assert inputs["features"] == ["rel_pt", "deta", "dphi", "mass"] and inputs["constituents"] == 16
     assert inputs["units"]["dphi"].startswith("rad")
@@ -163,7 +166,8 @@ def test_hls4ml_c_simulation_agrees_with_the_float_model(students, tmp_path, nam
     coarse = tmp_path / "coarse"
     assert main(["export", str(students[name]), "--format", "hls4ml", "--out", str(coarse), "--precision",
                  "ap_fixed<6,2>"]) == 0
-    assert json.loads((coarse / "parity.json").read_text())["max_abs_diff"] > 10 * parity["max_abs_diff"]
+    coarse_parity = json.loads((coarse / "parity.json").read_text())
+    assert coarse_parity["max_abs_diff"] > 10 * parity["max_abs_diff"] and coarse_parity["emulation_max_abs_diff"] == 0
 
 
 def test_hls4ml_bad_input(students, lorentznet_teacher, tmp_path, capsys):

@@ -14,17 +14,19 @@ model computes from ``p4``), the constituent count and the layout.
   between the two C simulations.
 
 Precision: ``--precision ap_fixed<W,I>`` for every layer, or by default per layer from the trained model: the integer
-bits of each weight, bias, output and accumulator from the largest magnitude it takes on real jets (``profile``), at
-``DEFAULT_WIDTH`` bits. hls4ml's bit-accurate C simulation (``compile()`` and ``predict()``, g++ only) then scores
-test jets, and ``DIR/parity.json`` holds its agreement with the float model and the resource proxy.
+bits of the input and of each weight, bias and output from the largest magnitude it takes on real jets, at
+``DEFAULT_WIDTH`` bits (:func:`jetkd.quant.profiled_chain`); rounding to nearest and saturation (AP_RND, AP_SAT)
+everywhere, accumulators wide enough to be exact. hls4ml's bit-accurate C simulation (``compile()`` and
+``predict()``, g++ only) then scores test jets, and ``DIR/parity.json`` holds its agreement with the float model, the
+resource proxy, and ``emulation_max_abs_diff``: how far jetkd's own emulation of the fixed-point network
+(:class:`jetkd.quant.FixedPointChain`, what quantization-aware training trains) is from the C simulation (0 when
+they agree bit for bit).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -33,23 +35,15 @@ import torch
 from torch import nn
 
 from jetkd.errors import InputError
+from jetkd.quant import FixedPoint, profiled_chain
 
 DEFAULT_WIDTH = 16
 PARITY_JETS = 2000
-_PRECISION = re.compile(r"^\s*ap_fixed\s*<\s*(\d+)\s*,\s*(-?\d+)\s*>\s*$")
 BACKENDS = ("Vitis", "Vivado")
 UNITS = {"rel_pt": "1 (pT / pT_jet)", "deta": "1 (eta - eta_jet)", "dphi": "rad (phi - phi_jet, wrapped to [-pi, pi))",
          "mass": "GeV", "delta_r": "1", "rel_e": "1 (E / E_jet)", "log_rel_pt": "1 (log(pT / pT_jet))",
          "log_rel_e": "1 (log(E / E_jet))", "pt": "GeV", "e": "GeV", "log_pt": "1 (log(pT / GeV))",
          "log_e": "1 (log(E / GeV))"}
-
-
-def parse_precision(text: str) -> tuple[int, int]:
-    """``"ap_fixed<16,6>"`` -> ``(16, 6)``; InputError naming ``--precision`` otherwise."""
-    m = _PRECISION.match(text or "")
-    if not m or not 1 <= int(m[2]) <= int(m[1]) <= 64:
-        raise InputError("--precision", f"expected ap_fixed<W,I> with 1 <= I <= W <= 64, got {text!r}")
-    return int(m[1]), int(m[2])
 
 
 def networks(tagger) -> dict[str, nn.Sequential]:
@@ -97,29 +91,6 @@ def pool(latent: np.ndarray, weight: np.ndarray, jet: np.ndarray, n_jets: int) -
     return out.astype(np.float32)
 
 
-def profile(net: nn.Sequential, x: np.ndarray, width: int) -> dict[str, dict[str, str]]:
-    """Per-layer hls4ml precisions for ``net`` on inputs ``x``: integer bits from the largest magnitude of each
-    weight, bias, output and accumulated sum (sign bit included), ``width`` bits in all."""
-
-    def fixed(largest: float) -> str:
-        integer = max(1, math.ceil(math.log2(max(largest, 2.0**-8) * 1.01)) + 1)
-        return f"ap_fixed<{max(width, integer + 1)},{integer}>"
-
-    layers, h = {}, torch.from_numpy(x)
-    with torch.no_grad():
-        for i, layer in enumerate(net):
-            out = layer(h)
-            if isinstance(layer, nn.Linear):
-                w, b = layer.weight.abs(), layer.bias.abs()
-                accumulated = (h.abs() @ w.T + b).max().item()  # bound on every partial sum
-                layers[f"_{i}"] = {"weight": fixed(w.max().item()), "bias": fixed(b.max().item()),
-                                   "result": fixed(out.abs().max().item()), "accum": fixed(accumulated)}
-            else:
-                layers[f"_{i}"] = {"result": fixed(out.abs().max().item())}
-            h = out
-    return layers
-
-
 def multiplications(tagger) -> int:
     """Multiplications per inference: every Linear's in x out, the deep set's phi once per constituent plus its
     weighting (n_constituents x C)."""
@@ -132,35 +103,31 @@ def multiplications(tagger) -> int:
     return n * (per["phi"] + latent) + per["rho"]
 
 
-def _weight_bits(net: nn.Sequential, precisions: dict) -> int:
+def _weight_bits(chain) -> int:
+    """Bits of all weights and biases of a :class:`~jetkd.quant.FixedPointChain` in their types."""
     bits = 0
-    for i, layer in enumerate(net):
+    for i, layer in enumerate(chain.net):
         if isinstance(layer, nn.Linear):
-            p = precisions[f"_{i}"]
-            bits += layer.weight.numel() * _width(p["weight"]) + layer.bias.numel() * _width(p["bias"])
+            t = chain.types[f"_{i}"]
+            bits += layer.weight.numel() * t["weight"].width + layer.bias.numel() * t["bias"].width
     return bits
 
 
-def _width(precision: str) -> int:
-    return parse_precision(precision)[0]
-
-
-def _project(net: nn.Sequential, x: np.ndarray, out_dir: Path, precision, backend: str):
-    """hls4ml model of ``net`` (input width ``x.shape[1]``) written to ``out_dir`` and compiled (C simulation)."""
+def _project(chain, n_in: int, out_dir: Path, backend: str):
+    """The hls4ml model of ``chain`` (input width ``n_in``, its types) written to ``out_dir`` and compiled."""
     import hls4ml
 
-    default = "ap_fixed<{},{}>".format(*precision) if precision else f"ap_fixed<{DEFAULT_WIDTH},6>"
-    config = hls4ml.utils.config_from_pytorch_model(net, input_shape=(x.shape[1],), granularity="name",
-                                                    default_precision=default, backend=backend)
-    profiled = profile(net, x, DEFAULT_WIDTH)
-    chosen = profiled if precision is None else {name: dict.fromkeys(types, default) for name, types in profiled.items()}
-    for name, types in chosen.items():
-        config["LayerName"][name]["Precision"].update({k: v for k, v in types.items()
-                                                       if k in config["LayerName"][name]["Precision"]})
+    net = chain.quantized_net()
+    config = hls4ml.utils.config_from_pytorch_model(net, input_shape=(n_in,), granularity="name",
+                                                    backend=backend, default_precision=chain.types["input"].hls)
+    layers = config["LayerName"]
+    for name, types in chain.hls_precision().items():
+        key = next(k for k in layers if k.startswith("input")) if name == "input" else name
+        layers[key]["Precision"].update(types)
     model = hls4ml.converters.convert_from_pytorch_model(net, hls_config=config, output_dir=str(out_dir),
                                                          backend=backend, io_type="io_parallel")
     model.compile()
-    return model, chosen
+    return model
 
 
 def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None = None, backend: str = "Vitis",
@@ -174,7 +141,7 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
     _require("hls4ml")
     if backend not in BACKENDS:
         raise InputError("--backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    fixed = parse_precision(precision) if precision is not None else None
+    fixed = FixedPoint.parse(precision) if precision is not None else None
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(str(out_dir), "exists and is not an empty folder; choose a new output folder")
@@ -182,23 +149,20 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
     nets = networks(tagger)
     p4, mask, label = parity_jets(tagger, data, n_jets, splits=("test", "val"))
     inputs = network_inputs(tagger, p4, mask)
+    chains = {name: profiled_chain(net, torch.from_numpy(inputs[name]), DEFAULT_WIDTH, fixed)
+              for name, net in nets.items()}
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
         with _quiet():
-            projects = {name: _project(net, inputs[name], tmp / name, fixed, backend) for name, net in nets.items()}
-        if "net" in projects:
-            fixed_logits = projects["net"][0].predict(np.ascontiguousarray(inputs["net"]))
-        else:
-            latent = projects["phi"][0].predict(np.ascontiguousarray(inputs["phi"]))
-            pooled = pool(np.asarray(latent).reshape(len(inputs["phi"]), -1), inputs["weight"], inputs["jet"], len(p4))
-            fixed_logits = projects["rho"][0].predict(np.ascontiguousarray(pooled))
-        fixed_logits = np.asarray(fixed_logits, np.float64).reshape(len(p4), -1)
+            projects = {name: _project(chains[name], inputs[name].shape[1], tmp / name, backend) for name in nets}
+        csim, emulated = _run_fixed(projects, chains, inputs, len(p4))
         with torch.no_grad():
             float_logits = tagger(torch.from_numpy(p4), torch.from_numpy(mask)).double().numpy()
-        parity = _parity(float_logits, fixed_logits, label, binary_metrics, softmax)
-        parity.update(multiplications=multiplications(tagger),
-                      weight_bits=sum(_weight_bits(nets[k], projects[k][1]) for k in nets),
-                      precision={k: projects[k][1] for k in nets}, backend=backend, projects=sorted(nets))
+        parity = _parity(float_logits, csim, label, binary_metrics, softmax)
+        parity.update(emulation_max_abs_diff=float(np.abs(csim - emulated).max()),
+                      multiplications=multiplications(tagger), weight_bits=sum(_weight_bits(c) for c in chains.values()),
+                      precision={k: c.hls_precision() for k, c in chains.items()}, backend=backend,
+                      projects=sorted(nets))
         (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
         (tmp / "inputs.json").write_text(json.dumps(_inputs_doc(tagger, nets), indent=1))
         for config in tmp.glob("*/hls4ml_config.yml"):  # the projects' OutputDir: where they end up
@@ -209,6 +173,21 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return parity
+
+
+def _run_fixed(projects, chains, inputs, n_jets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n_jets, n_class) float64 of the C simulation and of jetkd's emulation (:mod:`jetkd.quant`) of it."""
+    def both(name, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        csim = np.asarray(projects[name].predict(x), np.float64).reshape(len(x), -1)
+        with torch.no_grad():
+            return csim, chains[name](torch.from_numpy(x)).numpy()
+
+    if "net" in projects:
+        return both("net", inputs["net"])
+    phi_csim, phi_emulated = both("phi", inputs["phi"])
+    rho = [both("rho", pool(latent, inputs["weight"], inputs["jet"], n_jets)) for latent in (phi_csim, phi_emulated)]
+    return rho[0][0], rho[1][1]
 
 
 def _parity(float_logits, fixed_logits, label, binary_metrics, softmax) -> dict:
