@@ -182,3 +182,34 @@ def test_hls4ml_bad_input(students, lorentznet_teacher, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- quantization-aware students
+
+
+FIXED = {"mlp_fixed": {"name": "mlp_fixed", "n_constituents": 8, "hidden": [16, 16], "precision": "ap_fixed<14,5>"},
+         "deepset_fixed": {"name": "deepset_fixed", "phi_hidden": [16, 16], "rho_hidden": [16],
+                           "precision": "ap_fixed<16,6>"}}
+
+
+@pytest.mark.parametrize("name, distill", [("mlp_fixed", "none"), ("deepset_fixed", "none"), ("deepset_fixed", "kd")])
+def test_quantization_aware_students_match_their_c_simulation_exactly(cache, lorentznet_teacher, tmp_path, name,
+                                                                      distill, capsys):
+    import json
+
+    run = train(cache, tmp_path / "run", FIXED[name], METHODS[distill], lorentznet_teacher)
+    model = jetkd.load(run).model
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    out = tmp_path / "hls"
+    assert main(["export", str(run), "--format", "hls4ml", "--out", str(out)]) == 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] == 0.0  # the trained model is the firmware
+    assert parity["auc_fixed"] == parity["auc_float"] and parity["emulation_max_abs_diff"] == 0.0
+    width = int(FIXED[name]["precision"][9:11])
+    layers = [t for chain in parity["precision"].values() for layer in chain.values() for k, t in layer.items()
+              if k in ("weight", "bias", "result")]
+    assert all(t.startswith(f"ap_fixed<{width},") for t in layers)  # <= 16 bits in every layer
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "hls4ml", "--out", str(tmp_path / "other"), "--precision",
+                 "ap_fixed<8,3>"]) == 2
+    assert "quantization-aware" in capsys.readouterr().err

@@ -47,17 +47,20 @@ UNITS = {"rel_pt": "1 (pT / pT_jet)", "deta": "1 (eta - eta_jet)", "dphi": "rad 
 
 
 def networks(tagger) -> dict[str, nn.Sequential]:
-    """The plain networks that become hls4ml projects: ``{"net"}`` for an MLP, ``{"phi", "rho"}`` for a deep set."""
+    """The plain networks that become hls4ml projects: ``{"net"}`` for an MLP, ``{"phi", "rho"}`` for a deep set
+    (a float student's folded form, or a quantization-aware student's own chains)."""
     from jetkd.models.folded import FoldedDeepSet, FoldedMLP
 
-    folded = tagger.inference_model()
-    if isinstance(folded, FoldedMLP):
-        nets = {"net": folded.net}
-    elif isinstance(folded, FoldedDeepSet):
-        nets = {"phi": folded.phi, "rho": folded.rho}
+    model = tagger.inference_model()
+    if hasattr(model, "chains"):
+        nets = {name: chain.net for name, chain in model.chains().items()}
+    elif isinstance(model, FoldedMLP):
+        nets = {"net": model.net}
+    elif isinstance(model, FoldedDeepSet):
+        nets = {"phi": model.phi, "rho": model.rho}
     else:
-        raise InputError(str(tagger.source), f"hls4ml export takes the students (mlp, deepset), not "
-                                             f"{tagger.contract.model['name']!r}")
+        raise InputError(str(tagger.source), f"hls4ml export takes the students (mlp, deepset and their _fixed "
+                                             f"forms), not {tagger.contract.model['name']!r}")
     for net in nets.values():
         for layer in net:
             if isinstance(layer, nn.LeakyReLU):
@@ -68,19 +71,18 @@ def networks(tagger) -> dict[str, nn.Sequential]:
 def network_inputs(tagger, p4: np.ndarray, mask: np.ndarray) -> dict:
     """Float inputs of each network on jets ``p4`` (B, N, 4), ``mask`` (B, N): ``{"net": (B, n F)}`` or
     ``{"phi": (n_real, F), "weight": (n_real,), "jet": (n_real,) jet index, "rho": (B, C)}``."""
-    from jetkd.models.folded import FoldedMLP
     from jetkd.models.students import flat_inputs
     from jetkd.tagger import leading
 
     folded = tagger.inference_model()
     with torch.no_grad():
         x4, m = leading(torch.from_numpy(p4), torch.from_numpy(mask), tagger.contract.max_constituents)
-        if isinstance(folded, FoldedMLP):
-            return {"net": flat_inputs(folded.features(x4, m), folded.n_constituents).numpy()}
+        if "net" in networks(tagger):
+            return {"net": flat_inputs(folded.features(x4, m), folded.n_constituents).float().numpy()}
         x, weight = folded.inputs(x4, m)
         real = m.numpy()
-        x_real, weight_real, jet = x.numpy()[real], weight.numpy()[real], np.nonzero(real)[0]
-        latent = folded.phi(torch.from_numpy(x_real)).numpy()
+        x_real, weight_real, jet = x.float().numpy()[real], weight.double().numpy()[real], np.nonzero(real)[0]
+        latent = folded.phi(torch.from_numpy(x_real)).double().numpy()
     return {"phi": x_real, "weight": weight_real, "jet": jet, "rho": pool(latent, weight_real, jet, len(p4))}
 
 
@@ -149,8 +151,15 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
     nets = networks(tagger)
     p4, mask, label = parity_jets(tagger, data, n_jets, splits=("test", "val"))
     inputs = network_inputs(tagger, p4, mask)
-    chains = {name: profiled_chain(net, torch.from_numpy(inputs[name]), DEFAULT_WIDTH, fixed)
-              for name, net in nets.items()}
+    model = tagger.inference_model()
+    if hasattr(model, "chains"):  # trained quantization-aware: exported in the arithmetic it was trained in
+        if fixed is not None and fixed != model.precision:
+            raise InputError("--precision", f"{run} was trained quantization-aware in {model.precision}; export it "
+                                            f"in that precision (leave --precision out), not {fixed}")
+        chains = model.chains()
+    else:
+        chains = {name: profiled_chain(net, torch.from_numpy(inputs[name]), DEFAULT_WIDTH, fixed)
+                  for name, net in nets.items()}
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
         with _quiet():

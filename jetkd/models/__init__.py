@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from jetkd.models.fixed import FixedDeepSet, FixedMLP
 from jetkd.models.lorentznet import LorentzNet
 from jetkd.models.students import MLP, DeepSet
 
-MODELS: dict[str, type[nn.Module]] = {"lorentznet": LorentzNet, "mlp": MLP, "deepset": DeepSet}
+MODELS: dict[str, type[nn.Module]] = {"lorentznet": LorentzNet, "mlp": MLP, "deepset": DeepSet,
+                                      "mlp_fixed": FixedMLP, "deepset_fixed": FixedDeepSet}
 
 
 def build_model(spec: dict) -> nn.Module:
