@@ -67,14 +67,15 @@ def test_quickstart_pipeline_rejects_unknown_student_key():
         load_pipeline(QUICKSTART, ["students.mlp.train.epohcs=3"])
 
 
-@pytest.mark.parametrize("name", ["trigger_mlp16", "trigger_mlp32", "trigger_deepset16", "trigger_deepset32"])
+@pytest.mark.parametrize("name", [f"trigger_{a}{n}{q}" for a in ("mlp", "deepset") for n in (16, 32) for q in ("", "_qat")])
 def test_trigger_configs_are_level1_sized(name):
     from jetkd.models import build_model
     from jetkd.models.students import count_parameters
 
     job = load_job(CONFIGS / f"{name}.yaml")
-    n = int(name.removeprefix("trigger_mlp").removeprefix("trigger_deepset"))
+    n = int(name.removesuffix("_qat").removeprefix("trigger_mlp").removeprefix("trigger_deepset"))
+    assert job.model["name"].endswith("_fixed") == name.endswith("_qat")
     assert job.data.train == f"data/toptag{n}/train.h5"  # a cache of the leading n constituents
     assert count_parameters(build_model(job.model)) <= 4000
-    if job.model["name"] == "mlp":
+    if job.model["name"].startswith("mlp"):
         assert job.model["n_constituents"] == n
