@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from jetkd.models.features import DEFAULT_FEATURES, ConstituentFeatures, constituent_features
-from jetkd.models.students import flat_inputs
+from jetkd.models.features import DEFAULT_FEATURES, ConstituentFeatures
+from jetkd.models.students import flat_inputs, pooling_weights
 from jetkd.quant import FixedPoint, FixedPointChain
 
 
@@ -107,8 +107,7 @@ class FixedDeepSet(nn.Module):
         """phi's inputs (B, N, F) and the pooling weights pT / pT_jet rounded to the input type (B, N); 0 on padding."""
         mask = mask.bool()
         x = self.features(p4, mask)
-        names = self.features.names
-        weight = x[..., names.index("rel_pt")] if "rel_pt" in names else constituent_features(p4, mask, ("rel_pt",))[..., 0]
+        weight = pooling_weights(x, self.features.names, p4, mask)
         return x, self.precision.quantize(weight.double() if not self.training else weight)
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

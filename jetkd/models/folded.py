@@ -18,8 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from jetkd.models.features import constituent_features
-from jetkd.models.students import MLP, DeepSet, LinearBlock, flat_inputs
+from jetkd.models.students import MLP, DeepSet, LinearBlock, flat_inputs, pooling_weights
 
 
 def _affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,8 +89,7 @@ class FoldedDeepSet(nn.Module):
         on padding."""
         mask = mask.bool()
         x = self.features(p4, mask)
-        names = self.features.names
-        weight = x[..., names.index("rel_pt")] if "rel_pt" in names else constituent_features(p4, mask, ("rel_pt",))[..., 0]
+        weight = pooling_weights(x, self.features.names, p4, mask)
         return x, weight
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

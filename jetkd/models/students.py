@@ -92,6 +92,14 @@ class MLP(nn.Module):
         return self.classifier(self.blocks(x))  # blocks: (B, feature_dim)
 
 
+def pooling_weights(x: torch.Tensor, names: Sequence[str], p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The deep set's pooling weights pT / pT_jet (B, N), 0 on padding: the ``rel_pt`` column of the features
+    x (B, N, F) named ``names`` when there is one, else computed from ``p4`` and ``mask``."""
+    if "rel_pt" in names:
+        return x[..., list(names).index("rel_pt")]
+    return constituent_features(p4, mask, ("rel_pt",))[..., 0].to(x.dtype)
+
+
 def flat_inputs(x: torch.Tensor, n_constituents: int) -> torch.Tensor:
     """The MLP's input: per-constituent features x (B, N, F) cut or zero-padded to ``n_constituents`` and flattened
     constituent-major to (B, n_constituents * F). Padded first, then cut, without a branch on N, so that an export
