@@ -92,11 +92,9 @@ def massive(E: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np
 def class_names(cache_attrs: dict, n_class: int) -> list[str]:
     """Class names from a cache's attributes (``class_names``, from the source files' labels), else
     ``class0, class1, ...``; always ``n_class`` of them."""
-    import json
+    from jetkd.data.cache import decode_attrs
 
-    names = cache_attrs.get("class_names")
-    if isinstance(names, (bytes, str)):
-        names = json.loads(names)
+    names = decode_attrs(cache_attrs).get("class_names")
     if names is not None and len(names) == n_class:
         return [str(n) for n in names]
     return [f"class{i}" for i in range(n_class)]
@@ -144,19 +142,9 @@ class MassCheck:
 def cache_provenance(cache) -> dict:
     """Where a :class:`~jetkd.data.cache.JetCache` came from: its file, jet count and the attributes ``jetkd
     convert`` stored (sources, formats, split, seed, per-input jet counts and generator settings)."""
-    import json
+    from jetkd.data.cache import decode_attrs
 
-    out = {"cache": str(Path(cache.path).resolve()), "jets": len(cache)}
-    for key, value in cache.attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        out[key] = value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else value
-    return out
+    return {"cache": str(Path(cache.path).resolve()), "jets": len(cache), **decode_attrs(cache.attrs)}
 
 
 def training_contract(spec: dict, model, train_cache, val_cache=None) -> InputContract:

@@ -185,10 +185,11 @@ class OnnxTagger(Tagger):
 def _load_onnx(path: Path, strict: bool, name: str | None) -> OnnxTagger:
     import json
 
-    from jetkd.export.onnx import METADATA_KEY, _require
+    from jetkd.export import require
+    from jetkd.export.onnx import METADATA_KEY
 
-    onnx = _require("onnx")
-    _require("onnxruntime")
+    onnx = require("onnx")
+    require("onnxruntime")
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except FileNotFoundError:

@@ -45,14 +45,14 @@ def test_the_emulation_is_hls4mls_c_simulation_bit_for_bit_saturation_included(t
     import numpy as np
 
     from jetkd.export.hls import _project
-    from jetkd.export.onnx import _quiet
+    from jetkd.export import quiet
 
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(6, 12), nn.LeakyReLU(0.01), nn.Linear(12, 9), nn.LeakyReLU(0.2), nn.Linear(9, 3))
     chain = profiled_chain(net, torch.randn(100, 6), width=12)  # types for inputs ~N(0, 1) ...
     x = (torch.randn(400, 6) * 4).numpy().astype(np.float32)  # ... fed inputs 4x wider: many values saturate
     assert (np.abs(x) >= 2.0 ** (chain.types["input"].integer - 1)).any()
-    with _quiet():
+    with quiet():
         model = _project(chain, 6, tmp_path / "prj", "Vitis")
     csim = np.asarray(model.predict(x), np.float64).reshape(400, -1)
     with torch.no_grad():

@@ -89,6 +89,22 @@ class CacheWriter:
             self.abort()
 
 
+def decode_attrs(attrs) -> dict:
+    """A cache file's attributes as plain Python values: the JSON that :meth:`CacheWriter.set_attrs` wrote for lists
+    and dicts decoded, numpy scalars and arrays as Python numbers and lists."""
+    out = {}
+    for key, value in dict(attrs).items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[key] = value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else value
+    return out
+
+
 class JetCache:
     """One split file of the cache, read either whole into memory or block by block from disk.
 

@@ -172,12 +172,10 @@ def iter_jet_arrays(source, *, step_size: int = 50_000, format: str = "auto", br
 def jets_from_awkward(array: ak.Array, where: str = "awkward array") -> JetArrays:
     """Jets from an awkward array as uproot returns it (see the module docstring); labels unknown (-1)."""
     fields = set(array.fields)
-    if "part" in fields and not set(COMPONENT_NAMES) <= fields:  # RNTuple-style record field part.{px, ...}
-        array, fields = array["part"], set(array["part"].fields)
-        if {"px", "py", "pz", "energy"} <= fields:
-            return _jets(make_p4(array["px"], array["py"], array["pz"], array["energy"]), where)
     if set(COMPONENT_NAMES) <= fields:
         return _jets(make_p4(*(array[n] for n in COMPONENT_NAMES)), where)
+    if "part" in fields:  # RNTuple-style record field part.{px, py, pz, energy}
+        array, fields = array["part"], set(array["part"].fields)
     energy = next((n for n in ENERGY_NAMES if n in fields), None)
     if {"px", "py", "pz"} <= fields and energy:
         return _jets(make_p4(array["px"], array["py"], array["pz"], array[energy]), where)

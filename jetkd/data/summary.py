@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from jetkd import lorentz
+from jetkd.data.cache import decode_attrs
 
 MASS_SAMPLE = 50_000  # jets read per split for the mass medians
 
@@ -24,7 +24,7 @@ def split_stats(path: str | Path) -> dict:
         label = f["label"][()]
         n_particles = f["n_particles"][()]
         p4 = f["p4"][:MASS_SAMPLE]
-        names = json.loads(f.attrs.get("class_names", "[]"))
+        names = decode_attrs(f.attrs).get("class_names", [])
     mass = lorentz.mass(p4.astype(np.float64).sum(1))
     classes, counts = np.unique(label, return_counts=True)
     head = label[:MASS_SAMPLE]

@@ -68,8 +68,8 @@ def networks(tagger) -> dict[str, nn.Sequential]:
     return nets
 
 
-def network_inputs(tagger, p4: np.ndarray, mask: np.ndarray) -> dict:
-    """Float inputs of each network on jets ``p4`` (B, N, 4), ``mask`` (B, N): ``{"net": (B, n F)}`` or
+def network_inputs(tagger, nets: dict, p4: np.ndarray, mask: np.ndarray) -> dict:
+    """Float inputs of each network of ``nets`` (:func:`networks`) on jets ``p4`` (B, N, 4), ``mask`` (B, N): ``{"net": (B, n F)}`` or
     ``{"phi": (n_real, F), "weight": (n_real,), "jet": (n_real,) jet index, "rho": (B, C)}``."""
     from jetkd.models.students import flat_inputs
     from jetkd.tagger import leading
@@ -77,7 +77,7 @@ def network_inputs(tagger, p4: np.ndarray, mask: np.ndarray) -> dict:
     folded = tagger.inference_model()
     with torch.no_grad():
         x4, m = leading(torch.from_numpy(p4), torch.from_numpy(mask), tagger.contract.max_constituents)
-        if "net" in networks(tagger):
+        if "net" in nets:
             return {"net": flat_inputs(folded.features(x4, m), folded.n_constituents).float().numpy()}
         x, weight = folded.inputs(x4, m)
         real = m.numpy()
@@ -93,10 +93,9 @@ def pool(latent: np.ndarray, weight: np.ndarray, jet: np.ndarray, n_jets: int) -
     return out.astype(np.float32)
 
 
-def multiplications(tagger) -> int:
+def multiplications(tagger, nets: dict) -> int:
     """Multiplications per inference: every Linear's in x out, the deep set's phi once per constituent plus its
     weighting (n_constituents x C)."""
-    nets = networks(tagger)
     per = {k: sum(l.in_features * l.out_features for l in net if isinstance(l, nn.Linear)) for k, net in nets.items()}
     if "net" in per:
         return per["net"]
@@ -137,10 +136,10 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
     """Write the hls4ml project(s) of ``run``'s student to ``out_dir``, run the C simulation on test jets and write
     ``inputs.json`` and ``parity.json`` (returned). Nothing is left behind on failure."""
     from jetkd.evaluate import binary_metrics
-    from jetkd.export.onnx import _quiet, _require, parity_jets
+    from jetkd.export import check_jets, quiet, require
     from jetkd.tagger import load, softmax
 
-    _require("hls4ml")
+    require("hls4ml")
     if backend not in BACKENDS:
         raise InputError("--backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
     fixed = FixedPoint.parse(precision) if precision is not None else None
@@ -149,8 +148,8 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
         raise InputError(str(out_dir), "exists and is not an empty folder; choose a new output folder")
     tagger = load(run)
     nets = networks(tagger)
-    p4, mask, label = parity_jets(tagger, data, n_jets, splits=("test", "val"))
-    inputs = network_inputs(tagger, p4, mask)
+    p4, mask, label = check_jets(tagger, data, n_jets, splits=("test", "val"))
+    inputs = network_inputs(tagger, nets, p4, mask)
     model = tagger.inference_model()
     if hasattr(model, "chains"):  # trained quantization-aware: exported in the arithmetic it was trained in
         if fixed is not None and fixed != model.precision:
@@ -162,14 +161,14 @@ def export_hls4ml(run: str | Path, out_dir: str | Path, *, precision: str | None
                   for name, net in nets.items()}
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
-        with _quiet():
+        with quiet():
             projects = {name: _project(chains[name], inputs[name].shape[1], tmp / name, backend) for name in nets}
         csim, emulated = _run_fixed(projects, chains, inputs, len(p4))
         with torch.no_grad():
             float_logits = tagger(torch.from_numpy(p4), torch.from_numpy(mask)).double().numpy()
         parity = _parity(float_logits, csim, label, binary_metrics, softmax)
         parity.update(emulation_max_abs_diff=float(np.abs(csim - emulated).max()),
-                      multiplications=multiplications(tagger), weight_bits=sum(_weight_bits(c) for c in chains.values()),
+                      multiplications=multiplications(tagger, nets), weight_bits=sum(_weight_bits(c) for c in chains.values()),
                       precision={k: c.hls_precision() for k, c in chains.items()}, backend=backend,
                       projects=sorted(nets))
         (tmp / "parity.json").write_text(json.dumps(parity, indent=1))

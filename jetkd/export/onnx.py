@@ -14,17 +14,15 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from jetkd.errors import InputError
+from jetkd.export import check_jets, quiet, require
 
 TOLERANCE = 1e-4
 PARITY_JETS = 256
@@ -33,63 +31,6 @@ METADATA_KEY = "jetkd_contract"
 
 class ExportError(RuntimeError):
     """The exported graph does not compute what the PyTorch model computes (parity check failed)."""
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise InputError("jetkd export", f"needs the {module} package: pip install 'jetkd[export]'") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporter's notes (torchvision ops it skips, axis renaming, deprecations) kept off the user's screen."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def parity_jets(tagger, data: str | Path | None = None, n_jets: int = PARITY_JETS,
-                splits: tuple[str, ...] = ("val", "test", "train")) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to ``n_jets`` real jets: padded ``p4`` (B, N, 4), ``mask`` (B, N) and ``label`` (B,) (-1 if unknown).
-    From ``data`` (a jetkd cache or any reader format), else the first of the run's cache files ``splits``
-    (from the checkpoint's config) that still exists."""
-    from jetkd.data.cache import JetCache
-    from jetkd.train.checkpoint import load_checkpoint
-
-    if data is None:  # the run's caches: as configured (maybe relative to where it ran), else as trained on
-        configured = load_checkpoint(tagger.source)["config"].get("data", {})
-        trained = {s: v.get("cache", "") for s, v in tagger.contract.provenance.items()}
-        candidates = [c.get(s) for s in splits for c in (configured, trained)]
-        data = next((c for c in candidates if c and Path(c).is_file()), None)
-        if data is None:
-            raise InputError(str(tagger.source), "no jets to check the export on: the run's caches are gone; "
-                                                 "give --data FILE")
-    path = Path(data)
-    if not path.is_file():
-        raise InputError(str(path), "no such file")
-    try:
-        cache = JetCache(path)
-    except InputError:  # not a cache: any format the readers know
-        from jetkd.data.sources import iter_chunks
-
-        chunk = next(iter_chunks(path, step_size=n_jets, label_mode="optional"), None)
-        if chunk is None or not chunk.ok.any():
-            raise InputError(str(path), "no jets to check the export on") from None
-        p4, n = chunk.padded(int(chunk.counts.max()))
-        keep = chunk.ok
-        return p4[keep], (np.arange(p4.shape[1]) < n[:, None])[keep], chunk.label[keep]
-    p4, n, label = cache.rows(np.arange(min(n_jets, len(cache))))
-    return p4, np.arange(p4.shape[1]) < n[:, None], label
 
 
 def _widths(n_max: int, longest: int) -> list[int]:
@@ -110,7 +51,7 @@ def export_onnx(run: str | Path, out: str | Path, *, data: str | Path | None = N
     """Export the tagger of ``run`` (folder, best.pt or last.pt) to ``out`` (.onnx); returns the parity report
     ``{"max_abs_diff", "widths", "n_jets", "out"}``. :class:`ExportError` if onnxruntime and PyTorch differ by more
     than ``tolerance`` on real jets (nothing is written then); :class:`InputError` for bad arguments."""
-    _require("onnx"), _require("onnxscript"), _require("onnxruntime")
+    require("onnx"), require("onnxscript"), require("onnxruntime")
     import onnx
     import onnxruntime as ort
 
@@ -122,12 +63,12 @@ def export_onnx(run: str | Path, out: str | Path, *, data: str | Path | None = N
     if not out.parent.is_dir():
         raise InputError(str(out.parent), "output directory does not exist")
     tagger = load(run)
-    p4, mask, _ = parity_jets(tagger, data)
+    p4, mask, _ = check_jets(tagger, data, PARITY_JETS)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         batch, n = torch.export.Dim("batch"), torch.export.Dim("n_constituents", min=1)
         example = (torch.from_numpy(p4[:8]), torch.from_numpy(mask[:8]))
-        with _quiet():
+        with quiet():
             torch.onnx.export(tagger, example, str(tmp), dynamo=True, input_names=["p4", "mask"],
                               output_names=["logits"], dynamic_shapes={"p4": {0: batch, 1: n}, "mask": {0: batch, 1: n}},
                               external_data=False, verbose=False)
