@@ -71,9 +71,9 @@ class FixedPoint:
         """``x`` rounded (halves up) to a multiple of 2^-frac and saturated to the range; straight-through
         gradient (identity) in training."""
         scale = 2.0**self.frac
-        q = torch.clamp(torch.floor(x * scale + 0.5) / scale, -(2.0 ** (self.integer - 1)),
+        q = torch.clamp(torch.floor(x.detach() * scale + 0.5) / scale, -(2.0 ** (self.integer - 1)),
                         2.0 ** (self.integer - 1) - 1.0 / scale)
-        return x + (q - x).detach() if x.requires_grad else q
+        return q + (x - x.detach()) if x.requires_grad else q  # value q exactly, gradient 1
 
 
 PARAM = FixedPoint(18, 8)  # the LeakyReLU slope's type (hls4ml's default parameter width, rounded and saturated)
@@ -86,46 +86,78 @@ def accumulator(x: FixedPoint, w: FixedPoint, b: FixedPoint, n_in: int) -> Fixed
     return FixedPoint(frac + integer, integer)
 
 
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` computed in fixed point: weight and bias rounded to ``types["weight"]`` / ``["bias"]``, the
+    exact sum of products rounded to ``types["result"]``. The float parameters are what trains (straight through).
+    The arithmetic runs in the input's dtype: float64 in eval, where it is exact for W <= 24."""
+
+    def __init__(self, in_features: int, out_features: int, types: dict[str, FixedPoint]):
+        super().__init__(in_features, out_features)
+        self.types = types
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.types["weight"].quantize(self.weight.to(x.dtype))
+        b = self.types["bias"].quantize(self.bias.to(x.dtype))
+        return self.types["result"].quantize(nn.functional.linear(x, w, b))
+
+
+class QuantLeakyReLU(nn.LeakyReLU):
+    """hls4ml's LeakyReLU: ``x if x > 0 else round(alpha_q * x)``, alpha rounded to :data:`PARAM`."""
+
+    def __init__(self, negative_slope: float, types: dict[str, FixedPoint]):
+        super().__init__(negative_slope)
+        self.types = types
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = PARAM.quantize(torch.tensor(self.negative_slope, dtype=torch.float64)).item()
+        return torch.where(x > 0, x, self.types["result"].quantize(alpha * x))
+
+
 class FixedPointChain(nn.Module):
     """A Linear/LeakyReLU chain computed as hls4ml computes it in ``types`` (see the module docstring).
 
-    net: ``nn.Sequential`` of ``nn.Linear`` and ``nn.LeakyReLU`` (trained float weights; kept in float, rounded in the
-    forward pass). types: ``{"input": FixedPoint, "_<i>": {"weight", "bias", "result"} for a Linear at index i,
-    {"result"} for a LeakyReLU}``; names as hls4ml's PyTorch converter gives the layers.
+    net: ``nn.Sequential`` of ``nn.Linear`` and ``nn.LeakyReLU``; its parameters (the same tensors) become those of
+    ``self.net``, a Sequential of :class:`QuantLinear` / :class:`QuantLeakyReLU` called module by module, so hooks
+    on its layers (taps, NORM's transform) fire. types: ``{"input": FixedPoint, "_<i>": {"weight", "bias",
+    "result"} for a Linear at index i, {"result"} for a LeakyReLU}``; names as hls4ml's PyTorch converter gives
+    the layers. In eval mode the chain computes in float64 (exact); in training in the input's dtype.
     """
 
     def __init__(self, net: nn.Sequential, types: dict):
         super().__init__()
-        self.net, self.types = net, types
+        self.types = types
+        layers = []
+        for i, layer in enumerate(net):
+            t = types[f"_{i}"]
+            if isinstance(layer, nn.Linear):
+                q = QuantLinear(layer.in_features, layer.out_features, t)
+                q.weight, q.bias = layer.weight, layer.bias
+            elif isinstance(layer, nn.LeakyReLU):
+                q = QuantLeakyReLU(layer.negative_slope, t)
+            else:
+                raise TypeError(f"a fixed-point chain holds Linear and LeakyReLU layers, not {type(layer).__name__}")
+            layers.append(q)
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        exact = not self.training
-        h = self.types["input"].quantize(x.double() if exact else x)
-        for i, layer in enumerate(self.net):
-            t = self.types[f"_{i}"]
-            if isinstance(layer, nn.Linear):
-                w, b = (t[k].quantize(p.double() if exact else p) for k, p in (("weight", layer.weight),
-                                                                                ("bias", layer.bias)))
-                h = t["result"].quantize(nn.functional.linear(h, w, b))
-            else:
-                alpha = PARAM.quantize(torch.tensor(layer.negative_slope, dtype=h.dtype)).item()
-                h = torch.where(h > 0, h, t["result"].quantize(alpha * h))
-        return h
+        return self.net(self.types["input"].quantize(x if self.training else x.double()))
 
     def quantized_net(self) -> nn.Sequential:
-        """A copy of ``net`` whose weights and biases are already on their grids (what goes into firmware): hls4ml
-        reads weights back from text as float32 and rounds them again, which moves a weight lying within float32
-        precision of a rounding midpoint by one step; pre-rounded values are exact in float32."""
-        import copy
-
-        net = copy.deepcopy(self.net)
+        """A plain ``nn.Linear`` / ``nn.LeakyReLU`` copy of the chain whose weights and biases are already on their
+        grids (what goes into firmware): hls4ml reads weights back from text as float32 and rounds them again,
+        which moves a weight lying within float32 precision of a rounding midpoint by one step; pre-rounded values
+        are exact in float32."""
+        layers = []
         with torch.no_grad():
-            for i, layer in enumerate(net):
+            for layer in self.net:
                 if isinstance(layer, nn.Linear):
-                    t = self.types[f"_{i}"]
-                    layer.weight.copy_(t["weight"].quantize(layer.weight.double()))
-                    layer.bias.copy_(t["bias"].quantize(layer.bias.double()))
-        return net
+                    plain = nn.Linear(layer.in_features, layer.out_features)
+                    plain.weight.copy_(layer.types["weight"].quantize(layer.weight.double()))
+                    plain.bias.copy_(layer.types["bias"].quantize(layer.bias.double()))
+                    layers.append(plain)
+                else:
+                    layers.append(nn.LeakyReLU(layer.negative_slope))
+        return nn.Sequential(*layers)
 
     def hls_precision(self) -> dict[str, dict[str, str]]:
         """hls4ml ``LayerName`` precisions for this chain (input included), accumulators exact."""

@@ -192,7 +192,9 @@ FIXED = {"mlp_fixed": {"name": "mlp_fixed", "n_constituents": 8, "hidden": [16, 
                            "precision": "ap_fixed<16,6>"}}
 
 
-@pytest.mark.parametrize("name, distill", [("mlp_fixed", "none"), ("deepset_fixed", "none"), ("deepset_fixed", "kd")])
+@pytest.mark.parametrize("name, distill", [("mlp_fixed", "none"), ("deepset_fixed", "none"), ("deepset_fixed", "kd"),
+                                           ("mlp_fixed", "norm"), ("deepset_fixed", "norm"),
+                                           ("deepset_fixed", "fitnets")])
 def test_quantization_aware_students_match_their_c_simulation_exactly(cache, lorentznet_teacher, tmp_path, name,
                                                                       distill, capsys):
     import json

@@ -48,7 +48,7 @@ from torch import nn
 from jetkd.distill.base import Method, StepOutputs, deploy_copy
 from jetkd.distill.kd import kd_loss
 from jetkd.distill.options import NormOptions, require_at_least
-from jetkd.distill.taps import Tap, check_paths
+from jetkd.distill.taps import Tap, check_paths, module_at
 from jetkd.errors import InputError
 from jetkd.models.layers import MaskedBatchNorm1d
 
@@ -137,7 +137,7 @@ class NORM(Method):
         in front of the student's classifier."""
         path = self.options.classifier
         check_paths(student, [path], "distill.norm.classifier")
-        classifier = student.get_submodule(path)
+        classifier = module_at(student, path)
         if not isinstance(classifier, nn.Linear) or classifier.bias is None:
             raise InputError("distill.norm.classifier", f"{path!r} is a {type(classifier).__name__}, not a Linear with a bias")
         c_t = teacher_taps[self.options.teacher_tap].dim
@@ -149,9 +149,11 @@ class NORM(Method):
 
         def transform_input(module: nn.Module, args: tuple) -> tuple:
             # The transform follows the student's mode: batch statistics in training, running ones in eval.
+            # A quantization-aware student computes in float64 in eval: the transform runs in its own dtype.
             self.transform.train(module.training)
-            y, self._expanded = self.transform(args[0])
-            return (y, *args[1:])
+            x = args[0]
+            y, self._expanded = self.transform(x.to(self.transform.expand.weight.dtype))
+            return (y.to(x.dtype), *args[1:])
 
         self._handle = classifier.register_forward_pre_hook(transform_input)
 
@@ -181,7 +183,7 @@ class NORM(Method):
         if self._handle is None:
             raise RuntimeError("NORM.deploy before setup")
         deployed = deploy_copy(student)
-        classifier = deployed.get_submodule(self.options.classifier)
+        classifier = module_at(deployed, self.options.classifier)
         a, c = self.transform.affine()
         w, b = classifier.weight.double(), classifier.bias.double()
         classifier.weight.copy_(w @ a)

@@ -1,6 +1,6 @@
 """Taps: named hidden representations of a model, captured by forward hooks on module paths (DESIGN.md).
 
-A tap is the output of the module at a path (``model.get_submodule(path)``); a module returning a tuple (a
+A tap is the output of the module at a path (:func:`module_at`); a module returning a tuple (a
 LorentzNet block returns ``(h, x)``) is tapped at its first element. Per-constituent taps, (B, N, C), carry
 their mask (B, N) bool: the first boolean tensor among the module's inputs shaped like the tap's leading
 dimensions. Models whose per-node tensors put extra nodes before the constituents say so with an
@@ -47,11 +47,26 @@ class Tap:
         return (self.value * w).sum(-2) / w.sum(-2).clamp(min=1.0)
 
 
+def module_at(model: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``: a registered submodule, or a module-valued attribute such as the quantization-aware
+    students' ``classifier`` (a property naming their chain's last layer); None if there is none."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        module = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if not isinstance(module, nn.Module):
+                return None
+        return module
+
+
 def check_paths(model: nn.Module, paths: Sequence[str], where: str) -> None:
-    """Every path must name a submodule of ``model``; otherwise an InputError listing the available paths."""
-    available = [name for name, _ in model.named_modules() if name]
+    """Every path must name a module of ``model`` (:func:`module_at`); otherwise an InputError listing the
+    available paths."""
     for path in paths:
-        if path not in available:
+        if not path or module_at(model, path) is None:
+            available = [name for name, _ in model.named_modules() if name]
             raise InputError(where, f"{path!r}: no such module in {type(model).__name__}; available: {', '.join(available)}")
 
 
@@ -68,7 +83,7 @@ class TapRecorder:
         self.taps: dict[str, Tap] = {}
         self.active = False
         extra = getattr(model, "extra_nodes", 0)
-        self._handles = [model.get_submodule(p).register_forward_hook(self._hook(p, extra)) for p in self.paths]
+        self._handles = [module_at(model, p).register_forward_hook(self._hook(p, extra)) for p in self.paths]
 
     def _hook(self, path: str, extra: int):
         def hook(module, inputs, output):
