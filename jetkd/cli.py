@@ -106,33 +106,44 @@ def _add_train(sub) -> None:
         "train",
         help="train one model (teacher or student, with or without distillation) from a YAML config",
         description="Train one model. Runs under torchrun for DistributedDataParallel (gloo on CPU, nccl on GPU); "
-        "only rank 0 writes. The run folder gets config.yaml, last.pt, best.pt and metrics.jsonl.",
+        "only rank 0 writes. The run folder gets config.yaml, last.pt, best.pt, metrics.jsonl and timing.jsonl, and "
+        "holds one run: it is locked while training, and a folder that already holds a run is refused unless "
+        "--resume (continue it; the config must be unchanged except train.epochs, train.checkpoint_every and "
+        "train.eval_batch_size) or --force (move it aside). A non-finite loss or gradient stops the run (exit "
+        "status 3) with its checkpoints as they were. Overrides may stand anywhere on the command line.",
         epilog=_examples(
             """
             jetkd train configs/deepset_kd_T3.yaml
             jetkd train configs/teacher.yaml train.epochs=5 run_dir=runs/teacher_test
-            torchrun --nproc_per_node=4 -m jetkd train configs/teacher.yaml --resume
+            torchrun --nproc_per_node=4 -m jetkd train configs/teacher.yaml --resume train.epochs=60
+            jetkd train configs/mlp.yaml --force optim.lr=1e-4
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML training config")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
-    p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt if it exists")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last.pt")
+    how.add_argument("--force", action="store_true", help="move a run already in run_dir aside "
+                     "(to <run_dir>.replaced-<time>) and start a new one")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
     from jetkd.config import load_job
     from jetkd.train import distributed
-    from jetkd.train.loop import Preempted, Trainer
+    from jetkd.train.loop import Diverged, Preempted, Trainer
 
     job = load_job(args.config, args.overrides)
     try:
-        Trainer(job, resume=args.resume).fit()
+        Trainer(job, resume=args.resume, force=args.force).fit()
     except Preempted as stop:
         print(f"jetkd train: {stop}", file=sys.stderr)
         return 143
+    except Diverged as stop:
+        print(f"jetkd train: {stop}", file=sys.stderr)
+        return 3
     finally:
         distributed.teardown()
     return 0
@@ -369,7 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand anywhere (after --resume too); anything else unknown is an argparse error
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.parse_args(argv)  # reports the unrecognised arguments the usual way (exit status 2)
     try:
         return args.func(args)
     except InputError as err:

@@ -3,8 +3,17 @@
 AdamW (optionally amsgrad), warm-up then cosine or step decay, gradient clipping, bf16 autocast on CUDA,
 DistributedDataParallel under torchrun, optional boost augmentation, and checkpoints that resume exactly:
 ``last.pt`` (end of every epoch, every ``checkpoint_every`` steps, and on SIGTERM/SIGUSR1 from a batch
-scheduler) and ``best.pt`` (best validation epoch). Only rank 0 writes. A run folder holds
-``config.yaml``, ``last.pt``, ``best.pt`` and ``metrics.jsonl`` (one JSON object per epoch).
+scheduler) and ``best.pt`` (best validation epoch). Only rank 0 writes. A run folder holds one run
+(:mod:`jetkd.rundir`: locked while a process trains into it; an existing run is continued with ``resume`` or
+moved aside with ``force``, never overwritten): ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``,
+``metrics.jsonl`` (one JSON object per epoch, identical whether or not the run was killed and resumed),
+``timing.jsonl`` (seconds and jets/s per epoch) and, after resumes that changed a safe key, ``resumed.jsonl``.
+
+Resuming compares the stored config with the one given: any difference is an error naming the keys, except
+:data:`SAFE_ON_RESUME`. A non-finite loss or gradient stops the run at that step (:class:`Diverged`) before the
+optimiser applies it, leaving the checkpoints as they were. Progress: a bar on a terminal; one line per epoch
+always, and a heartbeat line every :data:`HEARTBEAT_SECONDS` within an epoch when there is no terminal (batch
+logs).
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -33,16 +44,27 @@ from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
 from jetkd.errors import InputError
 from jetkd.evaluate import count_parameters, predict
 from jetkd.models import build_model
+from jetkd.rundir import OutputFolder
 from jetkd.train import distributed
 from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
 from jetkd.train.schedule import lr_factor
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 TEACHER_CACHE_BYTES = 2 * 1024**3  # teacher outputs kept for the whole training set up to this size
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl")  # any of them: the folder holds a run
+HEARTBEAT_SECONDS = 60.0  # without a terminal: a progress line at least this often within an epoch
+# Keys that may change on --resume (applied and recorded in resumed.jsonl): more epochs (the learning-rate schedule
+# then follows the new length from the current step), how often mid-epoch checkpoints are written, and the batch
+# size of validation (which does not change its result beyond float rounding: pooling is over real constituents).
+SAFE_ON_RESUME = ("train.epochs", "train.checkpoint_every", "train.eval_batch_size")
 
 
 class Preempted(Exception):
     """Training stopped by a signal after writing ``last.pt``; rerun with ``--resume`` to continue."""
+
+
+class Diverged(Exception):
+    """A non-finite loss or gradient: training stopped at that step, checkpoints left as they were."""
 
 
 class Trainer:
@@ -54,11 +76,30 @@ class Trainer:
         summary = Trainer(job).fit()        # {'best_epoch': ..., 'best_val_acc': ..., 'run_dir': ...}
     """
 
-    def __init__(self, job: TrainJob, *, resume: bool = False, progress: bool = True):
+    def __init__(self, job: TrainJob, *, resume: bool = False, force: bool = False, progress: bool = True):
         self.job, self.progress = job, progress
         self.env = distributed.setup()
         self.run_dir = Path(job.run_dir)
-        cfg = job.train
+        self.folder = OutputFolder(self.run_dir, RUN_FILES, "run", resume=resume, force=force)
+        error = None
+        if self.env.is_main:
+            try:
+                self.folder.acquire()
+                if self.folder.moved_to is not None:
+                    print(f"moved the previous run in {self.run_dir} to {self.folder.moved_to}", flush=True)
+            except InputError as err:
+                error = err
+        if distributed.any_rank(error is not None, self.env):
+            raise error or InputError(str(self.run_dir), "rank 0 could not open the run folder")
+        try:
+            self.resume_changes = self._check_resume_config() if resume else {}
+            self._build(resume)
+        except BaseException:
+            self.folder.release()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        job, cfg = self.job, self.job.train
         torch.manual_seed(cfg.seed)
         self.train_cache = _open_cache(job.data.train, "data.train", job.data.in_memory)
         self.val_cache = _open_cache(job.data.val, "data.val", True)
@@ -93,9 +134,28 @@ class Trainer:
             self.net = DistributedDataParallel(self.step_module, find_unused_parameters=any(True for _ in self.method.parameters()))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best = {"metric": cfg.select_by, "value": None, "epoch": None}
+        self.history: list[dict] = []  # metrics.jsonl's records, also in last.pt (rewritten on resume)
+        self.epoch_sums: dict[str, float] = {}  # loss parts summed over this epoch's steps so far
         self._stop_requested = False
         if resume:
             self._resume()
+
+    def _check_resume_config(self) -> dict[str, list]:
+        """Differences between the stored resolved config and this job's: {key: [stored, given]} for keys in
+        :data:`SAFE_ON_RESUME`; any other difference is an :class:`InputError` naming the keys."""
+        stored_path = self.run_dir / "config.yaml"
+        if not stored_path.exists():
+            return {}
+        stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
+        given = _flat(to_dict(self.job))
+        changed = {k: [stored.get(k), given.get(k)] for k in sorted(stored.keys() | given.keys())
+                   if stored.get(k) != given.get(k)}
+        unsafe = [k for k in changed if k not in SAFE_ON_RESUME]
+        if unsafe:
+            diffs = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in unsafe)
+            raise InputError(str(stored_path), f"--resume with a changed config ({diffs}); only "
+                             f"{', '.join(SAFE_ON_RESUME)} may change on resume: start a new run_dir, or --force")
+        return changed
 
     # ------------------------------------------------------------------------- set-up
 
@@ -200,12 +260,22 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        if self.job.train.epochs < self.epoch:
+            raise InputError("train.epochs", f"{self.job.train.epochs}, but {path} has already trained {self.epoch}")
         self.best = ckpt["best"]
+        self.history, self.epoch_sums = list(ckpt.get("history", [])), dict(ckpt.get("epoch_sums", {}))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
         if self.env.is_main:
-            print(f"resumed {path} at epoch {self.epoch}, step {self.step_in_epoch}")
+            _write_lines(self.run_dir / "metrics.jsonl", self.history)  # drops lines written after last.pt
+            print(f"resumed {path} at epoch {self.epoch}, step {self.step_in_epoch}", flush=True)
+            if self.resume_changes:
+                with open(self.run_dir / "resumed.jsonl", "a") as f:
+                    f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": self.epoch,
+                                        "step": self.global_step, "changes": self.resume_changes}) + "\n")
+                print("changed on resume: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                                       self.resume_changes.items()), flush=True)
 
     # ------------------------------------------------------------------------- steps
 
@@ -245,12 +315,26 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.method.after_backward()
-        if self.job.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.job.train.grad_clip)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        clip = self.job.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        self._check_finite(loss, grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_step()
         return {"loss": loss.item(), **parts}
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Raise :class:`Diverged` before the optimiser step if the loss or the gradient norm is not finite."""
+        for quantity, value in (("loss", loss), ("gradient norm", grad_norm)):
+            if not torch.isfinite(value).item():
+                last = self.run_dir / "last.pt"
+                kept = (f"last.pt and best.pt are as they were ({last} from epoch {load_checkpoint(last)['epoch']}, "
+                        f"step {load_checkpoint(last)['step_in_epoch']})" if last.exists()
+                        else "no checkpoint exists yet")
+                raise Diverged(f"diverged at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step "
+                               f"{self.global_step + 1}): the {quantity} is {value.item()}; {kept}. Lower optim.lr, "
+                               f"set train.grad_clip, or check the data")
 
     def validate(self) -> dict[str, float]:
         """Validation loss (CE), accuracy and AUC of the current model."""
@@ -266,12 +350,19 @@ class Trainer:
     # ------------------------------------------------------------------------- the loop
 
     def fit(self) -> dict:
-        """Train to ``train.epochs``; returns a summary. Raises :class:`Preempted` after a stop signal."""
+        """Train to ``train.epochs``; returns a summary. Raises :class:`Preempted` after a stop signal and
+        :class:`Diverged` at a non-finite loss or gradient. The run folder's lock is released at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.folder.release()
+
+    def _fit(self) -> dict:
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.job), sort_keys=False))
         previous = {s: signal.signal(s, self._request_stop) for s in PREEMPT_SIGNALS}
         start = time.perf_counter()
+        self._clock = {"start": start, "steps": 0, "first_step": self.global_step}
         try:
             while self.epoch < self.job.train.epochs:
                 self._train_epoch()
@@ -296,7 +387,7 @@ class Trainer:
                 f"Trained {self.job.model['name']} ({count_parameters(self.model):,} parameters, distillation: "
                 f"{self.job.distill.method}) for {self.job.train.epochs} epochs, {self.global_step} steps, in "
                 f"{summary['seconds']:.0f} s; best {self.best['metric']} {self.best['value']:.4f} at epoch "
-                f"{self.best['epoch']}. Checkpoints and metrics in {self.run_dir}/"
+                f"{self.best['epoch']}. Checkpoints and metrics in {self.run_dir}/", flush=True
             )
         return summary
 
@@ -304,19 +395,26 @@ class Trainer:
         self.loader.set_epoch(self.epoch)
         self.model.train()
         n_steps = len(self.loader)
+        show = self.progress and self.env.is_main
         bar = tqdm(total=n_steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.job.train.epochs}",
-                   unit="step", disable=None if self.progress and self.env.is_main else True, leave=False)  # None: terminals only
-        sums: dict[str, float] = {}
-        t0, jets = time.perf_counter(), 0
+                   unit="step", disable=None if show else True, leave=False)  # None: terminals only
+        heartbeat = show and not sys.stderr.isatty()
+        t0, jets, last_beat = time.perf_counter(), 0, time.perf_counter()
         for batch in self.loader.iter_from(self.step_in_epoch):
             parts = self.train_step(batch)
             self.step_in_epoch += 1
             self.global_step += 1
+            self._clock["steps"] += 1
             jets += len(batch) * self.env.world_size
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
+                self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
             bar.update()
             bar.set_postfix(loss=f"{parts['loss']:.4f}", jets_per_s=f"{jets / (time.perf_counter() - t0):.0f}")
+            if heartbeat and time.perf_counter() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.perf_counter()
+                print(f"epoch {self.epoch + 1}/{self.job.train.epochs}  step {self.step_in_epoch}/{n_steps}  "
+                      f"loss {self.epoch_sums['loss'] / self.step_in_epoch:.4f}  {self._pace(jets, t0)}", flush=True)
+                self.folder.touch()
             every = self.job.train.checkpoint_every
             if distributed.any_rank(self._stop_requested, self.env):
                 self._save_last()
@@ -327,14 +425,31 @@ class Trainer:
         done = max(1, self.step_in_epoch)
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                   "phase": self.method.phase(),
-                  **{f"train_{k}": v / done for k, v in sums.items()}, **self.validate(),
-                  "jets_per_s": jets / max(time.perf_counter() - t0, 1e-9)}
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                  **{f"train_{k}": v / done for k, v in self.epoch_sums.items()}, **self.validate()}
+        seconds = time.perf_counter() - t0
+        self.epoch, self.step_in_epoch, self.epoch_sums = self.epoch + 1, 0, {}
+        self.history.append(record)
         self._update_best(record)
-        self._save_last()
+        self._save_last()  # holds the record: a kill before the line below loses nothing
         if self.env.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            with open(self.run_dir / "timing.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": record["epoch"], "seconds": seconds,
+                                    "jets_per_s": jets / max(seconds, 1e-9)}) + "\n")
+            if self.progress:
+                print(f"epoch {record['epoch']}/{self.job.train.epochs}  step {record['step']}  train_loss "
+                      f"{record['train_loss']:.4f}  val_acc {record['val_acc']:.4f}  val_auc {record['val_auc']:.4f}  "
+                      f"lr {record['lr']:.3g}  {self._pace(jets, t0)}", flush=True)
+            self.folder.touch()
+
+    def _pace(self, jets: int, t0: float) -> str:
+        """``1234 jets/s  elapsed 0:05:12  eta 1:02:13``: this epoch's rate; elapsed and ETA of this process's run."""
+        now = time.perf_counter()
+        elapsed, steps = now - self._clock["start"], self._clock["steps"]
+        remaining = self.job.train.epochs * len(self.loader) - self.global_step
+        eta = elapsed / steps * remaining if steps else float("nan")
+        return f"{jets / max(now - t0, 1e-9):.0f} jets/s  elapsed {_hms(elapsed)}  eta {_hms(eta)}"
 
     def _update_best(self, record: dict) -> None:
         metric = self.best["metric"]
@@ -355,6 +470,8 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best": dict(self.best),
+            "history": list(self.history),
+            "epoch_sums": dict(self.epoch_sums),
         }
         state["deployed"] = self._deployed()  # the model to score and export, with its input contract
         state["contract"] = dataclasses.replace(self.contract, model=state["deployed"]["spec"]).to_dict()
@@ -393,6 +510,31 @@ class DistillStep(torch.nn.Module):
             logits = self.student(batch.p4, batch.mask)
         taps = {k: Tap(t.value.float(), t.mask) for k, t in self.recorder.taps.items()}
         return self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits, taps, teacher_taps))
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (model arguments included)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    """``records`` as JSON lines, replacing ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:
