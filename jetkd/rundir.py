@@ -27,7 +27,7 @@ from typing import Sequence
 
 from jetkd.errors import InputError
 
-STALE_SECONDS = 15 * 60  # a lock from another host untouched this long belongs to a dead process
+STALE_SECONDS = 5 * 60  # a lock from another host untouched this long belongs to a dead process (trainers touch it every minute)
 _HELD: set[Path] = set()  # locks this process holds (a lock naming our pid but not listed here is left over)
 
 

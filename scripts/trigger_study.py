@@ -62,7 +62,7 @@ def train(run: Path, cache: Path, model: dict, epochs: int, seed: int, distill: 
     if distill:
         job["distill"] = distill
     with contextlib.redirect_stdout(io.StringIO()):
-        Trainer(load_job(data=job), progress=False).fit()
+        Trainer(load_job(data=job), resume=True, progress=False).fit()  # continues a killed study
     return run
 
 

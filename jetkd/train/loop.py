@@ -410,11 +410,13 @@ class Trainer:
                 self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
             bar.update()
             bar.set_postfix(loss=f"{parts['loss']:.4f}", jets_per_s=f"{jets / (time.perf_counter() - t0):.0f}")
-            if heartbeat and time.perf_counter() - last_beat >= HEARTBEAT_SECONDS:
+            if time.perf_counter() - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = time.perf_counter()
-                print(f"epoch {self.epoch + 1}/{self.job.train.epochs}  step {self.step_in_epoch}/{n_steps}  "
-                      f"loss {self.epoch_sums['loss'] / self.step_in_epoch:.4f}  {self._pace(jets, t0)}", flush=True)
-                self.folder.touch()
+                self.folder.touch()  # the lock stays fresh for other hosts (jetkd.rundir.STALE_SECONDS)
+                if heartbeat:
+                    print(f"epoch {self.epoch + 1}/{self.job.train.epochs}  step {self.step_in_epoch}/{n_steps}  "
+                          f"loss {self.epoch_sums['loss'] / self.step_in_epoch:.4f}  {self._pace(jets, t0)}",
+                          flush=True)
             every = self.job.train.checkpoint_every
             if distributed.any_rank(self._stop_requested, self.env):
                 self._save_last()
