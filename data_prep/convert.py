@@ -4,6 +4,12 @@ Memory stays bounded: inputs are streamed in rounds of about ``step_size`` jets,
 proportion to its size, so a list of per-process files (JetClass) comes out mixed. Each jet's split is fixed up
 front by a seeded permutation of all jets, so splits have exact sizes and do not depend on ``step_size``.
 Within a round the jets are shuffled before they are appended.
+
+Every chunk is checked as it is read (:meth:`jetkd.data.arrays.JetArrays.validate`, through the readers: finite
+momenta, at least one constituent, labels within the declared classes, |px|, |py|, |pz|, E below ``max_momentum``,
+E > 0 and E >= |p| up to rounding); class indices without names must run 0..K-1 without gaps (checked over all inputs
+before anything is renamed into place). A failed check raises :class:`InputError` naming the file, the branch and
+the entry, and leaves no output file behind: the splits are written to temporary names and renamed at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jetkd import __version__
+from jetkd.data.arrays import DEFAULT_MAX_MOMENTUM, check_max_momentum
 from jetkd.data.cache import CacheWriter
 from jetkd.data.readers import count_jets, detect_format, iter_jets
 from jetkd.errors import InputError
@@ -81,18 +88,21 @@ def convert(
     label_mode: str = "required",
     step_size: int = 50_000,
     progress: bool = True,
+    max_momentum: float = DEFAULT_MAX_MOMENTUM,
 ) -> dict[str, Path]:
     """Convert ``inputs`` into ``out_dir/<split>.h5`` and return the written paths by split name.
 
     Constituents are ordered by decreasing pT and the leading ``max_particles`` kept. Each jet keeps its origin
     (datasets ``source`` and ``entry``); the class names of the labels and the inputs' provenance (file, format,
     jets, generator settings where jetkd generated them) go into the attributes. ``label_mode="none"``
-    (``--no-labels``) reads unlabelled files: every label is -1. Bad input raises :class:`InputError` (file, entry
-    range, what was wrong) and leaves no output file behind.
+    (``--no-labels``) reads unlabelled files: every label is -1. ``max_momentum`` (GeV, ``--max-momentum``) bounds
+    |px|, |py|, |pz| and E of every constituent. Bad input raises :class:`InputError` (file, branch, entry, what
+    was wrong) and leaves no output file behind; so does a split that would get no jets.
     """
     split = dict(split or DEFAULT_SPLIT)
     if max_particles < 1:
         raise InputError("--max-particles", f"must be >= 1, got {max_particles}")
+    max_momentum = check_max_momentum(max_momentum, "--max-momentum")
     inputs = [str(p) for p in inputs]
     for path in inputs:
         if not Path(path).is_file():
@@ -103,8 +113,12 @@ def convert(
     n_jets = sum(sizes)
     if n_jets == 0:
         raise InputError(", ".join(inputs), "no jets in the input")
-    which = assign_splits(n_jets, split, seed)
     counts = split_sizes(n_jets, split)
+    empty = [name for name, size in counts.items() if size == 0]
+    if empty:
+        raise InputError("--split", f"split {empty[0]!r} would get 0 of the {n_jets} jets; expected at least one jet "
+                                    "per split (convert more jets or change --split)")
+    which = assign_splits(n_jets, split, seed)
     offsets = np.cumsum([0] + sizes[:-1])
     out_dir = Path(out_dir)
     created = not out_dir.exists()
@@ -129,9 +143,14 @@ def convert(
             bar = stack.enter_context(tqdm(total=n_jets, unit="jet", desc="convert", disable=None if progress else True))  # None: only on a terminal
             shuffle_rng = np.random.default_rng([seed, 1])
             class_names: dict[str, tuple | None] = {}  # per input
+            label_where: dict[str, str] = {}  # per input: file:label branch, for error messages
+            first_of_class: dict[int, int] = {}  # class index -> global index of its first jet
             for p4, n_particles, label, global_index, names in _rounds(inputs, formats, sizes, step_size,
-                                                                       max_particles, reader_options):
-                class_names.update(names)
+                                                                       max_particles, {**reader_options,
+                                                                                       "max_momentum": max_momentum}):
+                class_names.update({source: info[0] for source, info in names.items()})
+                label_where.update({source: info[1] for source, info in names.items()})
+                _first_jets(label, global_index, first_of_class)
                 order = shuffle_rng.permutation(len(label))
                 global_index = global_index[order]
                 source = np.searchsorted(offsets, global_index, side="right") - 1
@@ -141,9 +160,11 @@ def convert(
                     sel = dest == i
                     writer.append(*(c[sel] for c in columns))
                 bar.update(len(label))
+            if any(names is None for names in class_names.values()):
+                check_class_indices(first_of_class, [label_where.get(p, p) for p in inputs], offsets)
             for writer in writers:
                 writer.set_attrs(class_names=merge_class_names(list(class_names.values())))
-            paths = {name: writer.commit() for name, writer in zip(split, writers)}
+            paths = _commit(split, writers)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
@@ -152,9 +173,46 @@ def convert(
     return paths
 
 
+def _commit(split: dict[str, float], writers: list[CacheWriter]) -> dict[str, Path]:
+    """Rename every split into place: ``{split: path}``; if one fails, the splits renamed before it are removed too."""
+    paths: dict[str, Path] = {}
+    try:
+        for name, writer in zip(split, writers):
+            paths[name] = writer.commit()
+    except BaseException:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise
+    return paths
+
+
+def _first_jets(label: np.ndarray, global_index: np.ndarray, first: dict[int, int]) -> None:
+    """Record in ``first`` {class index: global index} the first jet of each class index in ``label`` (k,)
+    (``global_index`` (k,) increasing within a round, as :func:`_rounds` yields it)."""
+    values, at = np.unique(label, return_index=True)
+    for value, index in zip(values.tolist(), global_index[at].tolist()):
+        first[value] = min(first.get(value, index), index)
+
+
+def check_class_indices(first: dict[int, int], where: list[str], offsets) -> None:
+    """Class indices without names (a class-index branch) must run 0..K-1 without gaps: an index above a missing
+    one (``{0, 1, 5}``: 5) is an :class:`InputError` naming the input (``where[i]``: file:branch), and the entry of
+    its first jet. ``first``: {class index: global index of its first jet}; ``offsets``: global index of each input's
+    first jet. -1 (unlabelled) is ignored."""
+    seen = sorted(v for v in first if v >= 0)
+    if not seen or seen[-1] == len(seen) - 1:
+        return
+    missing = next(k for k in range(seen[-1]) if k not in first)
+    value = next(v for v in seen if v > missing)
+    source = int(np.searchsorted(offsets, first[value], side="right")) - 1
+    raise InputError(where[source], f"class index {value} at entry {first[value] - int(offsets[source])}, but no jet "
+                                    f"has class index {missing}; expected the class indices to run 0..K-1 without "
+                                    "gaps (K classes)")
+
+
 def _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
-    """Yield ``(p4, n_particles, label, global_index, class_names)`` rounds, each drawing from every input in
-    proportion; ``class_names``: {input path: its class names or None}."""
+    """Yield ``(p4, n_particles, label, global_index, infos)`` rounds, each drawing from every input in
+    proportion; ``infos``: {input path: (its class names or None, ``file:label-branch`` for messages)}."""
     total = sum(sizes)
     offsets = np.cumsum([0] + sizes[:-1])
     streams = [
@@ -175,7 +233,7 @@ def _rounds(inputs, formats, sizes, step_size, max_particles, reader_options):
         streams, offsets = [s for s, _ in alive], [o for _, o in alive]
         if parts:
             yield (*(np.concatenate(cols) for cols in list(zip(*parts))[:4]),
-                   {part[4].source: part[4].class_names for part in parts})
+                   {part[4].source: (part[4].class_names, part[4].where("label")) for part in parts})
 
 
 def merge_class_names(per_input: list[tuple[str, ...] | None]) -> list[str] | None:

@@ -81,6 +81,7 @@ class OutputFolder:
         self.hint = hint or "continue it with --resume, or start over with --force (moves it aside)"
         self.moved_to: Path | None = None
         self._lock: Path | None = None
+        self._created = False
 
     def holds_result(self) -> list[str]:
         """The ``holds`` files present in the folder."""
@@ -107,6 +108,7 @@ class OutputFolder:
                 n += 1
                 self.moved_to = self.moved_to.with_name(f"{self.moved_to.name.split('~')[0]}~{n}")
             shutil.move(str(self.folder), str(self.moved_to))
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         for path in stale_temporaries(self.folder):
@@ -147,7 +149,11 @@ class OutputFolder:
                 pass
 
     def release(self) -> None:
+        """Remove the lock, and the folder if this opener created it and nothing was written (a run stopped by
+        bad input leaves no trace)."""
         if self._lock is not None:
             _HELD.discard(self._lock)
             self._lock.unlink(missing_ok=True)
             self._lock = None
+            if self._created and not any(self.folder.iterdir()):
+                self.folder.rmdir()

@@ -2,8 +2,6 @@
 they train, the deploy form, config errors, and end-to-end runs from a LorentzNet teacher."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from jetkd.distill.taps import Tap
 from jetkd.errors import InputError
 from jetkd.models import build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
-from jetkd.train.loop import Preempted, Trainer
+from jetkd.train.loop import Trainer
 
 from helpers import assert_exact_resume, TINY_DEEPSET, job_dict
 

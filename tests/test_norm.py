@@ -2,8 +2,6 @@
 transform, its exact fold into the classifier, and an end-to-end run whose deploy form is the trained model."""
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from jetkd.errors import InputError
 from jetkd.evaluate import count_parameters
 from jetkd.models import build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
-from jetkd.train.loop import Preempted, Trainer
+from jetkd.train.loop import Trainer
 
 from helpers import assert_exact_resume, TINY_DEEPSET, job_dict, toy_jets  # tests/helpers.py
 

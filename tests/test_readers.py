@@ -126,8 +126,9 @@ def test_root_label_selection_and_branch_map(tmp_path):
     _, _, direct = read_all(path, branch_map={"label": "is_signal"})
     np.testing.assert_array_equal(direct, label)
     raises_input_error(drain(path, labels=["label_QCD", "label_Hbb"]), path, "label_Hbb", "label_QCD, label_Tbqq")
-    # every label_* branch: label_bool is set for every jet, so QCD jets have two labels set -> missing
-    raises_input_error(drain(path), path, "missing label", "first at entry 0")
+    # every label_* branch: label_bool is set for every jet, so QCD jets have two labels set
+    raises_input_error(drain(path), path, ":label_QCD,label_Tbqq,label_bool[", "2 labels set at entry 0",
+                       "(label_QCD, label_bool); expected exactly one per jet")
 
     renamed = tmp_path / "renamed.root"
     with uproot.recreate(renamed) as f:
@@ -144,7 +145,7 @@ def test_root_label_selection_and_branch_map(tmp_path):
 
 def test_root_tree_choice_and_fixed_size_padding(tmp_path):
     path = tmp_path / "two.root"
-    fixed = np.array([[[1, 2, 3, 4], [0, 0, 0, 0]], [[5, 6, 7, 9], [1, 1, 1, 2]]], np.float32)  # (2 jets, 2, 4)
+    fixed = np.array([[[1, 2, 3, 4], [0, 0, 0, 0]], [[5, 6, 7, 11], [1, 1, 1, 2]]], np.float32)  # (2 jets, 2, 4)
     with uproot.recreate(path) as f:
         for name in ("a", "b"):
             f.mktree(name, {f"part_{c}": "2 * float32" for c in ("px", "py", "pz", "energy")} | {"label_x": np.int8})
@@ -154,7 +155,7 @@ def test_root_tree_choice_and_fixed_size_padding(tmp_path):
     assert count_jets(path, branch_map={"tree": "b"}) == 2
     _, p4, _ = read_all(path, branch_map={"tree": "b"})
     assert ak.to_list(ak.num(p4)) == [1, 2]  # the all-zero constituent is padding
-    assert ak.to_list(p4.E) == [[4], [9, 2]]
+    assert ak.to_list(p4.E) == [[4], [11, 2]]
     raises_input_error(drain(path, branch_map={"tree": "c"}), path, "no tree 'c'")
 
 

@@ -93,8 +93,10 @@ def test_locks_from_other_hosts_expire_when_untouched(tmp_path, monkeypatch):
 
 def test_a_run_dir_that_is_a_file_is_refused(cache, tmp_path):
     (tmp_path / "run").write_text("not a folder")
-    with pytest.raises(InputError, match="is a file"):
-        Trainer(load_job(data=job_dict(cache, tmp_path / "run")), progress=False)
+    with pytest.raises(InputError, match="run_dir: expected a folder, got the existing file"):
+        load_job(data=job_dict(cache, tmp_path / "run"))
+    with pytest.raises(InputError, match="is a file; expected a folder for the run"):
+        OutputFolder(tmp_path / "run", ["best.pt"]).acquire()
 
 
 # ----------------------------------------------------------------------------- resume checks the config

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_DEEPSET, job_dict, toy_jets
+from helpers import job_dict, toy_jets
 from jetkd.config import load_job
 from jetkd.data.loader import JetBatch
 from jetkd.distill import Method, StepOutputs, Tap, TapRecorder

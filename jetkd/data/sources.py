@@ -39,7 +39,7 @@ class JetChunk:
     components:  ``[E, px, py, pz]``, each (n_total,) float32 in GeV: the constituents of jet 0, then of jet 1, ...
                  (none for a jet that cannot be scored)
     counts:      (B,) int64 constituents of each jet in ``components`` (0 for a jet that cannot be scored)
-    ok:          (B,) bool, False for a jet with no constituents or a non-finite component
+    ok:          (B,) bool, False for a jet with no constituents, a non-finite component or one beyond 100 TeV
     label:       (B,) int64 class index, -1 where unknown (unlabelled inputs)
     entry_start: entry of the first jet in its source
     jets:        the chunk as read (all constituents, file order), for jet-level observables

@@ -112,6 +112,8 @@ class Trainer:
         self.method = build_method(job.distill)
         self.model_spec = self.method.train_spec(job.model)
         self.model = build_model(self.model_spec).to(self.env.device)
+        for data in (self.train_cache, self.val_cache):
+            data.require_classes(self.model.n_class, f"model {job.model['name']!r} (n_class)")
         self.contract = training_contract(job.model, self.model, self.train_cache, self.val_cache)  # model: at save
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
         self._setup_sample = self._teacher_on_sample = None  # set-up only, made when first needed

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 import awkward as ak
 import numpy as np
 
-from jetkd.data.arrays import JetArrays, make_p4
+from jetkd.data.arrays import make_p4
 from jetkd.errors import InputError
 
 FORMAT_HELP = (
@@ -94,11 +94,6 @@ def wants_labels(label_mode: str, explicit: bool, present: bool) -> bool:
 def no_label(n: int) -> np.ndarray:
     """(n,) int64 of -1: the labels of jets whose label is not read."""
     return np.full(n, -1, dtype=np.int64)
-
-
-def finish(chunk: JetArrays, label_mode: str, validate: bool) -> JetArrays:
-    """``chunk`` validated (labels required only in label_mode "required") if ``validate``, else as is."""
-    return chunk.validate(require_labels=label_mode == "required") if validate else chunk
 
 
 def options(branch_map: Mapping[str, str] | None, defaults: Mapping[str, str | None], fmt: str) -> dict[str, str | None]:

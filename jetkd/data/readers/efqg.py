@@ -23,7 +23,7 @@ import numpy as np
 
 from jetkd.data.arrays import JetArrays, make_p4
 from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
-                                        finish, name_list, no_label, no_labels, options, reading, wants_labels)
+                                        name_list, no_label, no_labels, options, reading, wants_labels)
 from jetkd.errors import InputError
 
 DEFAULTS = {"X": "X", "label": "y"}
@@ -100,19 +100,21 @@ def count(path, branch_map=None, labels=None, label_mode: str = "required") -> i
 
 def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
             validate: bool = True) -> Iterator[JetArrays]:
-    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order, as read (:func:`iter_jets`
+    validates them; ``validate`` is taken for the readers' common signature)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "efqg")
     mode, validate = check_label_mode(label_mode), check_validate(validate)
     no_labels(labels, path, "efqg", opts["label"])
     with _members(path, opts, branch_map, mode) as (x, y):
         names = CLASS_NAMES if y is not None and opts["label"] == DEFAULTS["label"] else None
+        branches = {**dict.fromkeys(("px", "py", "pz", "E", "n"), opts["X"]), "label": opts["label"]}
         for start, stop in chunk_ranges(len(x), step):
             entries = (start, stop - 1)
             ptyphipid = x.read(stop - start, entries)[..., :4]
             label = no_label(stop - start) if y is None else y.read(stop - start, entries)
             label = class_index(label, path, entries, opts["label"])
-            yield finish(JetArrays(_p4(path, entries, ptyphipid), label, path, start, names), mode, validate)
+            yield JetArrays(_p4(path, entries, ptyphipid), label, path, start, names, branches)
 
 
 def _p4(path: str, entries, ptyphipid: np.ndarray) -> ak.Array:

@@ -15,8 +15,8 @@ import numpy as np
 
 from jetkd.data.arrays import JetArrays
 from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
-                                        finish, name_list, no_label, no_labels, open_hdf5, options, p4_from_padded,
-                                        reading, wants_labels)
+                                        name_list, no_label, no_labels, open_hdf5, options, p4_from_padded, reading,
+                                        wants_labels)
 from jetkd.errors import InputError
 
 DEFAULTS = {"Pmu": "Pmu", "Nobj": "Nobj", "label": "is_signal"}
@@ -63,7 +63,8 @@ def count(path, branch_map=None, labels=None, label_mode: str = "required") -> i
 
 def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
             validate: bool = True) -> Iterator[JetArrays]:
-    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order, as read (:func:`iter_jets`
+    validates them; ``validate`` is taken for the readers' common signature)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "lgn")
     mode, validate = check_label_mode(label_mode), check_validate(validate)
@@ -72,6 +73,7 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_
         pmu_ds, nobj_ds, label_ds = _datasets(path, h5, opts, branch_map, mode)
         names = CLASS_NAMES if label_ds is not None and opts["label"] == DEFAULTS["label"] else None
         max_particles = pmu_ds.shape[1]
+        branches = {**dict.fromkeys(("px", "py", "pz", "E"), opts["Pmu"]), "n": opts["Nobj"], "label": opts["label"]}
         for start, stop in chunk_ranges(nobj_ds.shape[0], step):
             entries = (start, stop - 1)
             with reading(path, entries, what="cannot read the datasets"):
@@ -85,4 +87,4 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_
             keep = np.arange(max_particles) < nobj[:, None]
             p4 = p4_from_padded(pmu[..., 0], pmu[..., 1], pmu[..., 2], pmu[..., 3], keep)
             label = class_index(label, path, entries, opts["label"])
-            yield finish(JetArrays(p4, label, path, start, names), mode, validate)
+            yield JetArrays(p4, label, path, start, names, branches)

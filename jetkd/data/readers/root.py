@@ -6,8 +6,9 @@ One entry per jet in a TTree (or an RNTuple, which is what ``uproot`` >= 5.7 wri
   or fixed-size; in an RNTuple written from ``{"part": ak.zip({"px": ...})}`` they are the subfields
   ``part.px, ...``, which answer to the same names. Constituents whose four components are all zero are padding
   and dropped.
-- labels: one-hot ``label_*`` branches (0/1, any numeric or bool dtype); the class index is the position of the
-  single set label in file order (or in ``labels=`` order); none or several set -> -1 (missing).
+- labels: one-hot ``label_*`` branches (exactly 0 or 1, any numeric or bool dtype); the class index is the position
+  of the single set label in file order (or in ``labels=`` order); none set -> -1 (missing). When validating, a
+  value other than 0 or 1, or several set, is an InputError naming the branch and entry (else such a jet gets -1).
   Alternatively ``branch_map={"label": NAME}`` names one integer branch holding the class index directly.
   ``label_mode``: "required" (default), "optional" (labels read when the file has them, else -1) or "none"
   (never read, all -1). Class names: the one-hot branch names without ``label_`` (None for a class-index branch).
@@ -31,7 +32,7 @@ import uproot
 
 from jetkd.data.arrays import JetArrays, make_p4
 from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
-                                        finish, name_list, no_label, one_line, options, reading, wants_labels)
+                                        name_list, no_label, one_line, options, reading, wants_labels)
 from jetkd.errors import InputError
 
 COMPONENTS = ("part_px", "part_py", "part_pz", "part_energy")
@@ -162,7 +163,9 @@ def count(path, branch_map=None, labels=None, label_mode: str = "required") -> i
 
 def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
             validate: bool = True) -> Iterator[JetArrays]:
-    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order, as read (:func:`iter_jets`
+    validates them). ``validate``: one-hot label values other than 0 or 1, or several labels set, are an
+    :class:`InputError` naming the branch and entry (False: such jets get label -1)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "root")
     mode, validate = check_label_mode(label_mode), check_validate(validate)
@@ -171,12 +174,13 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_
         comps = [branches[opts[name]] for name in COMPONENTS]
         label_keys, class_names = _label_spec(path, branches, opts["label"], labels, mode)
         wanted = list(dict.fromkeys(comps + label_keys))
+        branches = {**dict(zip(("px", "py", "pz", "E"), comps)), "n": comps[3], "label": ",".join(label_keys)}
         for start, stop, arrays in _chunks(path, tree, wanted, step):
             entries = (start, stop - 1)
             p4 = _p4(path, entries, {name: _field(arrays, name) for name in comps})
             columns = {name: _field(arrays, name) for name in label_keys}
-            label = _label(path, entries, opts["label"], columns, stop - start)
-            yield finish(JetArrays(p4, label, path, start, class_names), mode, validate)
+            label = _label(path, entries, opts["label"], columns, stop - start, strict=validate)
+            yield JetArrays(p4, label, path, start, class_names, branches)
 
 
 def metadata(path) -> dict:
@@ -261,16 +265,17 @@ def _label_spec(path: str, branches: _Branches, label: str | None, labels, mode:
     return [branches[name] for name in labels], tuple(name.removeprefix(LABEL_PREFIX) for name in labels)
 
 
-def _label(path: str, entries, label: str | None, columns: dict[str, ak.Array], n: int) -> np.ndarray:
+def _label(path: str, entries, label: str | None, columns: dict[str, ak.Array], n: int,
+           strict: bool = True) -> np.ndarray:
     """(n,) int64 class index of one chunk: from the class-index branch ``label``, the one-hot ``columns``, or
-    -1 for every jet when no label branch is read."""
+    -1 for every jet when no label branch is read. ``strict``: see :func:`_one_hot_index`."""
     if not columns:
         return no_label(n)
     if label is not None:
         arr = next(iter(columns.values()))
         return class_index(_column(path, entries, label, arr, missing=-1), path, entries, label)
-    flags = [_column(path, entries, name, arr, missing=0) != 0 for name, arr in columns.items()]
-    return _one_hot_index(np.stack(flags, axis=1))
+    values = np.stack([_column(path, entries, name, arr, missing=0) for name, arr in columns.items()], axis=1)
+    return _one_hot_index(values, list(columns), path, entries, strict)
 
 
 def _p4(path: str, entries, comps: dict[str, ak.Array]) -> ak.Array:
@@ -301,6 +306,25 @@ def _column(path: str, entries, name: str, arr: ak.Array, missing: int) -> np.nd
     return ak.to_numpy(ak.fill_none(arr, missing))
 
 
-def _one_hot_index(flags: np.ndarray) -> np.ndarray:
-    """(n,) int64 position of the single True in each row of ``flags`` (n, k); -1 where none or several are."""
-    return np.where(flags.sum(axis=1) == 1, flags.argmax(axis=1), -1).astype(np.int64)
+def _one_hot_index(values: np.ndarray, names: list[str], path: str, entries: tuple[int, int],
+                   strict: bool) -> np.ndarray:
+    """(n,) int64 position of the single 1 in each row of the one-hot ``values`` (n, k) (branches ``names``).
+
+    -1 where none is set (a missing label). A value other than 0 or 1 (NaN, 7, 0.5), or several set in one row,
+    is an :class:`InputError` naming the branch(es) and the entry if ``strict``, else -1 too (array code).
+    """
+    invalid = (values != 0) & (values != 1)
+    flags = values == 1
+    several = flags.sum(axis=1) > 1
+    if strict and invalid.any():
+        row, col = (int(i[0]) for i in np.nonzero(invalid))
+        raise InputError(f"{path}:{names[col]}", f"value {values[row, col].item()!r} at entry {entries[0] + row}; expected "
+                                                 "0 or 1 in a one-hot label branch", entries=entries)
+    if strict and several.any():
+        row = int(np.flatnonzero(several)[0])
+        set_ = [name for name, on in zip(names, flags[row]) if on]
+        raise InputError(f"{path}:{','.join(names)}", f"{len(set_)} labels set at entry {entries[0] + row} "
+                                                      f"({', '.join(set_)}); expected exactly one per jet",
+                         entries=entries)
+    one = (flags.sum(axis=1) == 1) & ~invalid.any(axis=1)
+    return np.where(one, flags.argmax(axis=1), -1).astype(np.int64)

@@ -36,8 +36,8 @@ import numpy as np
 
 from jetkd.data.arrays import JetArrays
 from jetkd.data.readers._common import (check_label_mode, check_step_size, check_validate, chunk_ranges, class_index,
-                                        finish, name_list, no_label, no_labels, open_hdf5, options, p4_from_padded,
-                                        reading, wants_labels)
+                                        name_list, no_label, no_labels, open_hdf5, options, p4_from_padded, reading,
+                                        wants_labels)
 from jetkd.errors import InputError
 
 DEFAULTS = {"key": None, "label": "is_signal_new"}
@@ -313,7 +313,8 @@ def count(path, branch_map=None, labels=None, label_mode: str = "required") -> i
 
 def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_mode: str = "required",
             validate: bool = True) -> Iterator[JetArrays]:
-    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order (validated if ``validate``)."""
+    """Yield :class:`JetArrays` chunks of at most ``step_size`` jets, in file order, as read (:func:`iter_jets`
+    validates them; ``validate`` is taken for the readers' common signature)."""
     path, step = str(path), check_step_size(step_size)
     opts = options(branch_map, DEFAULTS, "toptagging")
     mode, validate = check_label_mode(label_mode), check_validate(validate)
@@ -321,9 +322,10 @@ def iterate(path, step_size: int = 100_000, branch_map=None, labels=None, label_
     with open_hdf5(path) as h5:
         frame = _open_frame(path, h5, opts, mode, branch_map)
         names = CLASS_NAMES if frame.label == DEFAULTS["label"] else None
+        branches = {"px": "PX_*", "py": "PY_*", "pz": "PZ_*", "E": "E_*", "n": "E_*", "label": opts["label"]}
         for start, stop in chunk_ranges(len(frame), step):
             cols = frame.read(start, stop)
             p4 = p4_from_padded(cols["E"], cols["PX"], cols["PY"], cols["PZ"], cols["E"] != 0)
             label = (no_label(stop - start) if frame.label is None
                      else class_index(cols["label"][:, 0], path, (start, stop - 1), frame.label))
-            yield finish(JetArrays(p4, label, path, start, names), mode, validate)
+            yield JetArrays(p4, label, path, start, names, branches)
