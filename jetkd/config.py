@@ -1,7 +1,11 @@
 """Experiment configuration: YAML validated into dataclasses, with ``key.sub=value`` overrides.
 
-An unknown or mistyped key is an :class:`InputError` naming it (``config.yaml: train.epocs: unknown key;
-expected one of ...``). Model sections are checked against the model's constructor.
+An unknown or mistyped key, a value of the wrong type or out of its bounds is an :class:`InputError` naming the
+key, the value and where it came from, before any work: the file that set it (in an ``extends:`` chain, the
+one that did) or ``command line`` for an override (``command line: train.batch_size: expected an integer >= 1,
+got 0``). :class:`Origins` keeps the files and the overrides apart for that; the bounds are :data:`JOB_CHECKS`
+(and :data:`PIPELINE_CHECKS` for ``jetkd run``'s own sections). Model sections are checked against the model's
+constructor, the representation-distillation options by their methods.
 
 One training job is a :class:`TrainJob`::
 
@@ -16,13 +20,18 @@ One training job is a :class:`TrainJob`::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib.resources
 import inspect
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -100,37 +109,81 @@ class TrainJob:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
-CHOICES = {
-    "train.select_by": ("val_acc", "val_auc", "val_loss"),
-    "schedule.name": ("cosine", "step", "constant"),
-    "distill.method": ("none", "kd", "fitnets", "norm", "cdd", "curriculum"),
-}
+COMMAND_LINE = "command line"  # the origin of ``key.sub=value`` overrides in error messages
+
+
+# ----------------------------------------------------------------------------- where values came from
+
+
+@dataclass
+class Origins:
+    """Where each key of a config was set, so that an error can name the file or the command line.
+
+    ``layers`` are the raw mappings the config was merged from, lowest priority first, each with the name of its
+    source: the files of an ``extends:`` chain (base first), then the command-line overrides. A key's origin is
+    the last layer that sets it. ``scopes`` are the prefixes under which the keys of a job nested in a pipeline
+    were written, in order of priority (``students.mlp.``, then ``student_defaults.``); ``fallback`` names the
+    source of values that no layer sets.
+    """
+
+    layers: list[tuple[str, dict]] = field(default_factory=list)
+    fallback: str = "config"
+    scopes: tuple[str, ...] = ("",)
+
+    def blame(self, key: str) -> tuple[str, str]:
+        """``(origin, key as written there)`` for dotted ``key`` (``train.boost_axis[1]`` names a list element);
+        a key that no layer sets is blamed on the innermost enclosing section that one sets."""
+        parts = re.sub(r"\[\d+\]", "", key).split(".")
+        for n in range(len(parts), 0, -1):
+            for scope in self.scopes:
+                for name, layer in reversed(self.layers):
+                    if _sets(layer, scope + ".".join(parts[:n])):
+                        return name, scope + key
+        return self.fallback, self.scopes[0] + key
+
+    def scoped(self, *scopes: str) -> Origins:
+        """The same layers, for the keys of a job written under ``scopes`` (``"students.mlp."``)."""
+        return dataclasses.replace(self, scopes=scopes)
+
+
+def _sets(layer: dict, dotted: str) -> bool:
+    """Whether mapping ``layer`` holds the dotted key."""
+    node = layer
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def config_error(where: str | Origins, key: str, what: str) -> InputError:
+    """The one-line :class:`InputError` for ``key``, blamed on its origin (``where``: Origins or a source name)."""
+    origins = where if isinstance(where, Origins) else Origins(fallback=where or "config")
+    origin, shown = origins.blame(key)
+    return InputError(origin, f"{shown}: {what}")
 
 
 # ----------------------------------------------------------------------------- dict <-> dataclass
 
 
-def from_dict(cls, data: dict, where: str = "", prefix: str = ""):
-    """Build dataclass ``cls`` from ``data``, recursively; unknown keys and wrong types are InputErrors."""
+def from_dict(cls, data: dict, where: str | Origins = "", prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``, recursively; unknown keys and wrong types (of list elements too)
+    are InputErrors, blamed through ``where`` (the :class:`Origins` of ``data``, or the name of its source)."""
     if not isinstance(data, dict):
-        raise InputError(where, f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise config_error(where, prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            raise InputError(where, f"{name}: unknown key; expected one of {', '.join(fields)}")
+            raise config_error(where, name, f"unknown key; expected one of {', '.join(fields)}")
         kwargs[key] = _coerce(hints[key], value, where, name)
-    obj = cls(**kwargs)
-    for name, choices in CHOICES.items():
-        section, _, key = name.partition(".")
-        if cls is TrainJob and getattr(getattr(obj, section), key) not in choices:
-            raise InputError(where, f"{name}: {getattr(getattr(obj, section), key)!r} is not one of {', '.join(choices)}")
-    return obj
+    return cls(**kwargs)
 
 
-def _coerce(hint, value, where: str, name: str):
+def _coerce(hint, value, where: str | Origins, name: str):
+    """``value`` as type ``hint`` (ints to floats, each element of a ``list[float]``), or an InputError."""
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, f"{name}.")
     origin = typing.get_origin(hint) or hint
@@ -147,8 +200,11 @@ def _coerce(hint, value, where: str, name: str):
         dict: isinstance(value, dict),
     }.get(origin, True)
     if not ok:
-        raise InputError(where, f"{name}: expected {getattr(origin, '__name__', origin)}, got {value!r}")
-    return float(value) if origin is float else list(value) if origin is list else value
+        raise config_error(where, name, f"expected {getattr(origin, '__name__', origin)}, got {value!r}")
+    if origin is list:
+        item = (typing.get_args(hint) or (Any,))[0]
+        return [_coerce(item, element, where, f"{name}[{i}]") for i, element in enumerate(value)]
+    return float(value) if origin is float else value
 
 
 def _yaml11_float(text: str):
@@ -163,26 +219,222 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+# ----------------------------------------------------------------------------- bounds of values
+
+
+class Invalid(Exception):
+    """A value out of its bounds: ``what`` is wrong, ``at`` the element it is in (``[1]``, ``.train``) if any."""
+
+    def __init__(self, what: str, at: str = ""):
+        super().__init__(what)
+        self.what, self.at = what, at
+
+
+Check = Callable[[Any], None]  # raises Invalid
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bounded(low: float, high: float = math.inf, *, above: bool = False, below: bool = False,
+            integer: bool = False) -> Check:
+    """A finite number (an integer if ``integer``) >= ``low`` (> if ``above``), <= ``high`` (< if ``below``)."""
+    kind = "an integer" if integer else "a number"
+    if high == math.inf:
+        expected = f"{kind} {'>' if above else '>='} {low:g}"
+    else:
+        expected = f"{kind} in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
+
+    def check(value) -> None:
+        ok = _is_number(value) and (isinstance(value, int) or not integer)
+        if not (ok and (value > low if above else value >= low) and (value < high if below else value <= high)):
+            raise Invalid(f"expected {expected}, got {value!r}")
+
+    return check
+
+
+def each(check: Check, *, count: int | None = None, expected: str = "a non-empty list") -> Check:
+    """Every element of a list passes ``check``; the list has ``count`` elements (at least one if None)."""
+
+    def run(values) -> None:
+        if (len(values) != count) if count is not None else not values:
+            raise Invalid(f"expected {expected}, got {values!r}")
+        for i, value in enumerate(values):
+            try:
+                check(value)
+            except Invalid as bad:
+                raise Invalid(bad.what, f"[{i}]{bad.at}") from None
+
+    return run
+
+
+def one_of(*choices: str) -> Check:
+    """One of the ``choices``."""
+
+    def check(value) -> None:
+        if value not in choices:
+            raise Invalid(f"{value!r} is not one of {', '.join(choices)}")
+
+    return check
+
+
+def three_vector(value) -> None:
+    """A boost axis: three finite numbers, not all zero."""
+    if not (len(value) == 3 and all(_is_number(v) for v in value) and any(v != 0 for v in value)):
+        raise Invalid(f"expected a non-zero three-vector [x, y, z], got {value!r}")
+
+
+def run_folder(value: str) -> None:
+    """A folder to write into: named, and not an existing file."""
+    if not value:
+        raise Invalid("expected a folder, got ''")
+    if Path(value).is_file():
+        raise Invalid(f"expected a folder, got the existing file {value!r}")
+
+
+def split_fractions(value: dict) -> None:
+    """``convert.split``: fractions > 0 for train, val and test (other splits allowed) that sum to 1."""
+    if not all(name in value for name in ("train", "val", "test")):
+        raise Invalid(f"expected fractions for train, val and test, got {value!r}")
+    for name, fraction in value.items():
+        if not (_is_number(fraction) and fraction > 0):
+            raise Invalid(f"expected a number > 0, got {fraction!r}", f".{name}")
+    if not math.isclose(sum(value.values()), 1.0, abs_tol=1e-6):
+        raise Invalid(f"expected fractions that sum to 1, got {sum(value.values()):g} from {value!r}")
+
+
+COUNT, NATURAL = bounded(1, integer=True), bounded(0, integer=True)  # >= 1, >= 0 (seeds, optional counts)
+POSITIVE, NON_NEGATIVE = bounded(0, above=True), bounded(0)
+FRACTION, BETA = bounded(0, 1), bounded(0, 1, below=True)  # a weight in [0, 1]; v/c of a boost (or Adam's beta)
+
+#: Bounds of a :class:`TrainJob`'s values, by dotted key (checked by :func:`load_job`). The options of the
+#: representation-distillation methods are checked by their methods; only what those leave open is here.
+JOB_CHECKS: dict[str, Check] = {
+    "run_dir": run_folder,
+    "train.epochs": COUNT,
+    "train.batch_size": COUNT,
+    "train.eval_batch_size": COUNT,
+    "train.seed": NATURAL,
+    "train.grad_clip": NON_NEGATIVE,
+    "train.checkpoint_every": NATURAL,
+    "train.select_by": one_of("val_acc", "val_auc", "val_loss"),
+    "train.boost_beta_max": BETA,
+    "train.boost_axis": three_vector,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.betas": each(BETA, count=2, expected="two numbers in [0, 1)"),
+    "optim.eps": POSITIVE,
+    "schedule.name": one_of("cosine", "step", "constant"),
+    "schedule.warmup_epochs": NON_NEGATIVE,
+    "schedule.step_epochs": COUNT,
+    "schedule.gamma": POSITIVE,
+    "distill.method": one_of("none", "kd", "fitnets", "norm", "cdd", "curriculum"),
+    "distill.temperature": POSITIVE,
+    "distill.alpha": FRACTION,
+    "distill.cdd.compactor_lr_scale": POSITIVE,
+    "distill.curriculum.seed": NATURAL,
+}
+
+#: Bounds of the sections of a ``jetkd run`` pipeline (:mod:`jetkd.pipeline`) besides its jobs.
+PIPELINE_CHECKS: dict[str, Check] = {
+    "run_dir": run_folder,
+    "generate.jets": COUNT,
+    "generate.seed": NATURAL,
+    "generate.workers": NATURAL,
+    "convert.max_particles": COUNT,
+    "convert.seed": NATURAL,
+    "convert.split": split_fractions,
+    "evaluate.betas": each(BETA, expected="a non-empty list of numbers in [0, 1)"),
+    "evaluate.axis": three_vector,
+    "evaluate.batch_size": COUNT,
+}
+
+
+def check_values(obj, checks: dict[str, Check], where: str | Origins) -> None:
+    """Every dotted key of ``checks`` in dataclass ``obj`` passes its check (keys in absent sections are
+    skipped); else the InputError naming the key, the value and its origin."""
+    for key, check in checks.items():
+        value = obj
+        for part in key.split("."):
+            value = None if value is None else getattr(value, part)  # a misspelt key in `checks` is an AttributeError
+        if value is None:
+            continue
+        try:
+            check(value)
+        except Invalid as bad:
+            raise config_error(where, key + bad.at, bad.what) from None
+
+
 # ----------------------------------------------------------------------------- files and overrides
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path) -> dict:
     """A config file as a dict. ``extends: other.yaml`` (relative to this file) starts from that file's content."""
-    path = Path(path)
+    return merge_layers(read_layers(path))
+
+
+def read_layers(path, _chain: tuple = ()) -> list[tuple[str, dict]]:
+    """A config file and the files it ``extends:`` (relative to it), base first, as ``(file, its own mapping)``
+    pairs (:func:`merge_layers` merges them; :class:`Origins` blames keys on them). ``path`` is a path or an
+    importlib.resources file; a cycle of ``extends:`` is an InputError."""
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    data = _read_mapping(path)
+    if "extends" not in data:
+        return [(str(path), data)]
+    base = data.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise InputError(str(path), f"extends: expected a config file name, got {base!r}")
+    chain, target = (*_chain, path), path.parent / base
+    if isinstance(target, Path):
+        target = Path(os.path.normpath(target))  # sub/../base.yaml is named base.yaml in messages
+    if any(_same_file(target, seen) for seen in chain):
+        cycle = " -> ".join(p.name for p in (*chain, target))
+        raise InputError(str(path), f"extends: {base}: the config files extend each other in a cycle ({cycle})")
+    if not target.is_file():
+        raise InputError(str(path), f"extends: {base}: no such config file")
+    return [*read_layers(target, chain), (str(path), data)]
+
+
+def _read_mapping(path) -> dict:
+    """The mapping one YAML file holds (``extends`` included), or an InputError naming the file."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise InputError(str(path), "no such config file") from None
+    except IsADirectoryError:
+        raise InputError(str(path), "is a folder; expected a config file") from None
     except yaml.YAMLError as err:
         raise InputError(str(path), f"not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(str(path), "a config file must hold a mapping of sections")
-    if "extends" in data:
-        data = merge(read_yaml(path.parent / data.pop("extends")), data)
     return data
 
 
-def apply_overrides(data: dict, overrides: list[str], where: str = "command line") -> dict:
+def _same_file(a, b) -> bool:
+    """Whether two config paths (or importlib.resources files) name the same file."""
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return str(a) == str(b)
+
+
+def merge_layers(layers: list[tuple[str, dict]]) -> dict:
+    """The mappings of ``layers`` merged in order (later ones win), none of them modified."""
+    out: dict = {}
+    for _, data in layers:
+        out = merge(out, data)
+    return copy.deepcopy(out)
+
+
+def read_config(path, overrides: list[str] = ()) -> tuple[dict, Origins]:
+    """A config file (with its ``extends:`` chain) plus command-line ``overrides``, and the Origins of its keys."""
+    layers = read_layers(path)
+    data = apply_overrides(merge_layers(layers), list(overrides))
+    return data, Origins([*layers, (COMMAND_LINE, apply_overrides({}, list(overrides)))], fallback=str(path))
+
+
+def apply_overrides(data: dict, overrides: list[str], where: str = COMMAND_LINE) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML: ``3``, ``1e-3``, ``[1, 0, 0]``, ``true``)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -194,7 +446,10 @@ def apply_overrides(data: dict, overrides: list[str], where: str = "command line
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(where, f"override {item!r}: {part} is not a section")
-        node[last] = yaml.safe_load(raw)
+        try:
+            node[last] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise InputError(where, f"override {item!r}: not a valid YAML value ({str(err).splitlines()[0]})") from None
     return data
 
 
@@ -207,27 +462,45 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def load_job(path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None,
-             where: str | None = None) -> TrainJob:
-    """A :class:`TrainJob` from a YAML file (or an already-read ``data`` dict) plus overrides, validated.
-    ``where`` names the source in error messages (default: the file)."""
-    where = where or (str(path) if path else "config")
-    data = apply_overrides(merge(read_yaml(path) if path else {}, data or {}), list(overrides), where)
-    job = from_dict(TrainJob, data, where)
-    check_model_args(job.model, where)
+             where: str | Origins | None = None) -> TrainJob:
+    """A :class:`TrainJob` from a YAML file and/or an already-read ``data`` dict (merged over the file), plus
+    command-line overrides, validated before any work (types, :data:`JOB_CHECKS`, the model's arguments).
+    Errors name the file or override that set the key; ``where`` names ``data``'s source (default ``config``),
+    or is the :class:`Origins` of ``data`` (a pipeline's job, whose keys were written in the pipeline's files)."""
+    source = where if isinstance(where, str) else "config"
+    layers = [*(read_layers(path) if path else []), *([(source, data)] if data else [])]
+    merged = apply_overrides(merge_layers(layers), list(overrides))
+    origins = where if isinstance(where, Origins) else Origins(
+        [*layers, (COMMAND_LINE, apply_overrides({}, list(overrides)))], fallback=str(path) if path else source)
+    job = from_dict(TrainJob, merged, origins)
+    check_model_args(job.model, origins)
+    check_values(job, JOB_CHECKS, origins)
     return job
 
 
-def check_model_args(model: dict, where: str) -> None:
+def check_model_args(model: dict, where: str | Origins) -> None:
     """``model.name`` must be a known model and every other key one of its constructor arguments."""
     from jetkd.models import MODELS
 
     name = model.get("name")
-    if name not in MODELS:
-        raise InputError(where, f"model.name: {name!r} is not one of {', '.join(MODELS)}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise config_error(where, "model.name", f"{name!r} is not one of {', '.join(MODELS)}")
     params = inspect.signature(MODELS[name]).parameters
     for key in model:
         if key != "name" and key not in params:
-            raise InputError(where, f"model.{key}: unknown argument of {name}; expected one of {', '.join(params)}")
+            raise config_error(where, f"model.{key}",
+                               f"unknown argument of {name}; expected one of {', '.join(params)}")
+
+
+def shipped_config(name: str):
+    """A config shipped with jetkd (``quickstart.yaml``): package data of ``jetkd.configs``, which is the
+    repository's ``configs/`` folder mapped into the package (pyproject.toml), read with importlib.resources so
+    that wheels and editable installs alike find it; a source tree that was never installed reads ``configs/``."""
+    try:
+        folder = importlib.resources.files("jetkd.configs")
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parents[1] / "configs"
+    return folder / name
 
 
 def jsonable(value: Any) -> Any:
