@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
-from jetkd.distill.options import CDDOptions, CurriculumOptions, FitNetsOptions, NormOptions
+from jetkd.distill.registry import METHODS
 from jetkd.errors import InputError
 
 
@@ -84,18 +84,24 @@ class ScheduleConfig:
     gamma: float = 0.7
 
 
-@dataclass
-class DistillConfig:
-    """Which method (:mod:`jetkd.distill`), its teacher, and the options of the representation methods."""
+def _distill_config() -> type:
+    """:class:`DistillConfig`, one ``distill.<name>`` section per registered method with options
+    (:mod:`jetkd.distill.registry`)."""
+    sections = [(e.name, e.options, field(default_factory=e.options)) for e in METHODS.values() if e.options]
+    cls = dataclasses.make_dataclass("DistillConfig", [
+        ("method", str, field(default="none")),  # a name in jetkd.distill.registry.METHODS
+        ("teacher", str, field(default="")),  # teacher checkpoint (best.pt of a teacher run)
+        ("temperature", float, field(default=1.0)),  # of every KD term on logits
+        ("alpha", float, field(default=0.5)),  # kd: weight of the distillation term, (1 - alpha) CE + alpha T^2 KL
+        *sections,
+    ])
+    cls.__module__ = __name__
+    cls.__doc__ = ("Which method (jetkd.distill.registry), its teacher, the KD temperature and alpha, and one section "
+                   "of options per representation method.")
+    return cls
 
-    method: str = "none"  # none | kd | fitnets | norm | cdd | curriculum
-    teacher: str = ""  # teacher checkpoint (best.pt of a teacher run)
-    temperature: float = 1.0  # of every KD term on logits
-    alpha: float = 0.5  # kd: weight of the distillation term, (1 - alpha) CE + alpha T^2 KL
-    fitnets: FitNetsOptions = field(default_factory=FitNetsOptions)
-    norm: NormOptions = field(default_factory=NormOptions)
-    cdd: CDDOptions = field(default_factory=CDDOptions)
-    curriculum: CurriculumOptions = field(default_factory=CurriculumOptions)
+
+DistillConfig = _distill_config()
 
 
 @dataclass
@@ -330,7 +336,7 @@ JOB_CHECKS: dict[str, Check] = {
     "schedule.warmup_epochs": NON_NEGATIVE,
     "schedule.step_epochs": COUNT,
     "schedule.gamma": POSITIVE,
-    "distill.method": one_of("none", "kd", "fitnets", "norm", "cdd", "curriculum"),
+    "distill.method": one_of(*METHODS),
     "distill.temperature": POSITIVE,
     "distill.alpha": FRACTION,
     "distill.cdd.compactor_lr_scale": POSITIVE,

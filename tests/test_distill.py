@@ -55,3 +55,24 @@ def test_build_method_and_bad_parameters():
         HintonKD(temperature=0)
     with pytest.raises(ValueError, match="alpha"):
         HintonKD(alpha=1.5)
+
+
+def test_one_registry_feeds_config_validation_and_build_method():
+    import dataclasses
+
+    import pytest
+
+    from jetkd.config import JOB_CHECKS, Invalid, load_job
+    from jetkd.distill.registry import METHODS
+
+    sections = {f.name for f in dataclasses.fields(DistillConfig)} - {"method", "teacher", "temperature", "alpha"}
+    assert sections == {name for name, e in METHODS.items() if e.options}  # one section per method with options
+    for name in METHODS:
+        JOB_CHECKS["distill.method"](name)
+    with pytest.raises(Invalid, match="'crd' is not one of none, kd, fitnets, norm, cdd, curriculum"):
+        JOB_CHECKS["distill.method"]("crd")
+    job = load_job(data={"distill": {"method": "norm", "norm": {"teacher_tap": "graph_dec.1", "n": 4}}})
+    method = build_method(job.distill)
+    assert type(method) is METHODS["norm"].load() and method.options.n == 4
+    assert type(build_method(DistillConfig(method="kd", temperature=3.0, alpha=0.2))) is HintonKD
+    assert type(build_method(DistillConfig())) is NoDistillation

@@ -33,6 +33,11 @@ class HintonKD(Method):
             raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got T={temperature}, alpha={alpha}")
         self.temperature, self.alpha = temperature, alpha
 
+    @classmethod
+    def from_config(cls, cfg) -> "HintonKD":
+        """From ``distill.temperature`` and ``distill.alpha``."""
+        return cls(cfg.temperature, cfg.alpha)
+
     def loss(self, out: StepOutputs) -> tuple[torch.Tensor, dict[str, float]]:
         ce = F.cross_entropy(out.logits, out.label)
         kd = kd_loss(out.logits, out.teacher_logits, self.temperature)
