@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jetkd.config import DataConfig, apply_overrides, from_dict, load_job, merge, read_yaml, to_dict
+from jetkd.config import (PIPELINE_CHECKS, DataConfig, check_values, config_error, from_dict, load_job, merge,
+                          read_config, shipped_config, to_dict)
 from jetkd.errors import InputError
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+QUICKSTART = shipped_config("quickstart.yaml")  # configs/quickstart.yaml, shipped as package data of jetkd.configs
 
 
 @dataclass
@@ -66,22 +67,29 @@ class Pipeline:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
-    data = apply_overrides(read_yaml(path), list(overrides), str(path))
-    for key in ("generate", "data"):
-        if isinstance(data.get(key), dict):
-            cls = GenerateConfig if key == "generate" else DataConfig
-            data[key] = from_dict(cls, data[key], str(path), f"{key}.")
-    pipe = from_dict(Pipeline, data, str(path))
+def load_pipeline(path, overrides: list[str] = ()) -> Pipeline:
+    """A validated :class:`Pipeline` from a config file (a path, or a shipped config such as :data:`QUICKSTART`)
+    and its ``extends:`` chain, plus command-line overrides. Every section and every job is checked up front
+    (:data:`jetkd.config.PIPELINE_CHECKS`, :func:`jetkd.config.load_job`); an error names the key, its value and
+    the file or override that set it."""
+    data, origins = read_config(path, overrides)
+    for key, cls in (("generate", GenerateConfig), ("data", DataConfig)):
+        if data.get(key) is not None:
+            data[key] = from_dict(cls, data[key], origins, f"{key}.")
+    pipe = from_dict(Pipeline, data, origins)
+    check_values(pipe, PIPELINE_CHECKS, origins)
     if (pipe.generate is None) == (pipe.data is None):
         raise InputError(str(path), "give exactly one of `generate` (make jets) and `data` (existing cache files)")
     if not pipe.teacher or not pipe.students:
         raise InputError(str(path), "a pipeline needs a `teacher` section and at least one entry in `students`")
     for name, entry in {"teacher": pipe.teacher, **{f"students.{k}": v for k, v in pipe.students.items()}}.items():
+        if not isinstance(entry, dict):
+            raise config_error(origins, name, f"expected a mapping (a job's sections), got {entry!r}")
         for reserved in ("run_dir", "data"):
             if reserved in entry:
-                raise InputError(str(path), f"{name}.{reserved}: set by the pipeline; remove it")
-        load_job(data=_job_dict(pipe, entry, name, Path(pipe.run_dir)), where=f"{path}: {name}")  # checked up front
+                raise config_error(origins, f"{name}.{reserved}", "set by the pipeline; remove it")
+        scopes = (f"{name}.",) if name == "teacher" else (f"{name}.", "student_defaults.")
+        load_job(data=_job_dict(pipe, entry, name, Path(pipe.run_dir)), where=origins.scoped(*scopes))  # up front
     return pipe
 
 
@@ -129,29 +137,71 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
     return run_dir
 
 
-def evaluate_checkpoints(checkpoints: dict[str, Path], test: str | Path, out_dir: str | Path, *, betas, axis,
-                         batch_size: int = 512) -> Path:
-    """Evaluate trained models (checkpoints or run folders, by report name) on the test cache ``test`` and write
-    ``report.json``, ``report.md`` and the plots into ``out_dir``; on the GPU when there is one."""
-    import torch
+def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], test: str | Path,
+                         out_dir: str | Path, *, betas, axis, batch_size: int = 512, n_bootstrap: int | None = None,
+                         progress: bool = True) -> Path:
+    """Evaluate trained models on the test cache ``test`` and write ``report.json``, ``report.md`` and the plots
+    into ``out_dir``; on the GPU when there is one.
 
-    from jetkd.data.cache import JetCache
+    checkpoints: report name -> checkpoint or run folder, or a list of them, named by the shortest path suffixes
+                 that tell them apart (:func:`jetkd.evaluate.run_labels`: ``seedA/mlp``, ``seedB/mlp``).
+    n_bootstrap: bootstrap resamples of the test jets behind the intervals (default
+                 :data:`jetkd.evaluate.N_BOOTSTRAP`; 0: none). progress: bars over models and boost points
+                 (on terminals only).
+    The report also names the test data (generator settings from the cache's provenance, class names from the
+    cache, else from the checkpoints' contracts) and summarises runs whose stored configs differ only in
+    ``train.seed`` as mean ± std over the seeds (:func:`jetkd.evaluate.summarise_seeds`).
+    """
+    from collections.abc import Mapping
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from jetkd.contract import cache_provenance
+    from jetkd.data.cache import JetCache, decode_attrs
     from jetkd.data.loader import JetLoader
-    from jetkd.evaluate import UnreliableMetricWarning, evaluate_model, write_report
+    from jetkd.evaluate import (
+        N_BOOTSTRAP,
+        UnreliableMetricWarning,
+        describe_data,
+        evaluate_model,
+        run_labels,
+        summarise_seeds,
+        write_report,
+    )
     from jetkd.train.checkpoint import load_checkpoint, load_model
 
+    if not isinstance(checkpoints, Mapping):
+        paths = [Path(p) for p in checkpoints]
+        checkpoints = dict(zip(run_labels(paths), paths))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    batches = list(JetLoader(JetCache(test).require_labels(), batch_size, shuffle=False))
-    results = {}
+    cache = JetCache(test).require_labels()
+    batches = list(JetLoader(cache, batch_size, shuffle=False))
+    data_classes = decode_attrs(cache.attrs).get("class_names")
+    results, configs, model_classes = {}, {}, None
+    bar = tqdm(checkpoints.items(), desc="evaluating", unit="model", disable=None if progress else True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnreliableMetricWarning)  # listed under "Warnings" in report.md
-        for name, path in checkpoints.items():
-            results[name] = evaluate_model(load_model(path), batches, betas=np.asarray(betas), axis=tuple(axis),
-                                           name=name, device=device)
-            summary = load_checkpoint(path).get("deployed", {}).get("summary")
+        for name, path in bar:
+            bar.set_postfix_str(str(name))
+            ckpt = load_checkpoint(path)
+            entry = evaluate_model(load_model(path), batches, betas=np.asarray(betas), axis=tuple(axis), name=name,
+                                   device=device, n_bootstrap=N_BOOTSTRAP if n_bootstrap is None else n_bootstrap,
+                                   progress=progress)
+            configs[name] = ckpt.get("config") or {}
+            entry["checkpoint"] = str(path)
+            entry["train_seed"] = (configs[name].get("train") or {}).get("seed")
+            summary = ckpt.get("deployed", {}).get("summary")
             if summary:  # e.g. CDD: size of the starting-width student against the deployed one
-                results[name]["deploy"] = summary
-    write_report(out_dir, results)
+                entry["deploy"] = summary
+            trained = (ckpt.get("contract") or {}).get("class_names")
+            if trained and data_classes and list(trained) != list(data_classes):
+                entry["warnings"].append(f"trained on classes {', '.join(map(str, trained))} but the test data has "
+                                         f"{', '.join(map(str, data_classes))}")
+            model_classes = model_classes or trained
+            results[name] = entry
+    data = describe_data(cache_provenance(cache), data_classes or model_classes, source=test)
+    write_report(out_dir, results, data=data, summary=summarise_seeds(results, configs))
     return Path(out_dir)
 
 

@@ -365,10 +365,14 @@ def test_report_warnings_and_infinite_rejection(tmp_path):
     paths = write_report(tmp_path, {"perfect": entry}, plots=False)
     assert set(paths) == {"json", "markdown", "scores"} and not (tmp_path / "roc.png").exists()
     md = (tmp_path / "report.md").read_text()
-    assert "| perfect | 3 | 1.5 M | 1.0000 | 1.0000 | ∞ | ∞ | – | – | 1.000 |" in md
+    # no background jet of 20 passes: the rejection is a lower limit, 20 / 1.841 (Poisson 84% CL upper limit on 0)
+    assert "| perfect | 3 | 1.5 M | 1.0000 | 1.0000 | > 10.9† | > 10.9† | – | – | 1.000 |" in md
+    assert "† Fewer than 10 background jets pass the cut" in md
     assert "## Warnings" in md and "no background jet passes" in md
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["models"]["perfect"]["metrics"]["rej_30"] is None
+    assert doc["models"]["perfect"]["metrics"]["rej_30_lower_bound"] is True
+    assert doc["models"]["perfect"]["metrics"]["rej_30_limit"] == pytest.approx(20 / 1.841, rel=1e-3)
     assert doc["models"]["perfect"]["metrics"]["eps_b_30"] == 0.0
 
 
@@ -386,3 +390,189 @@ def test_deploy_notes_format_nested_summaries():
                                                "parameter_reduction": 2.995545, "budget": "params"}}}
     assert deploy_notes(results) == ["- cdd: deployed_widths = {blocks.0: 1,024}, budget_value = 528,386, "
                                      "parameter_reduction = 2.996, budget = params"]
+
+
+# ----------------------------------------------------------------------------- bootstrap intervals and lower limits
+
+
+def test_replica_metrics_equal_metrics_of_the_resampled_jets():
+    """Each weighted replica (jet i taken w_i times) gives what binary_metrics gives on the explicitly resampled
+    jets: vectorised ROC, AUC (ties included), eps_B interpolation and accuracy."""
+    from jetkd.evaluate.metrics import _prepare, replica_metrics
+
+    rng = np.random.default_rng(5)
+    scores, labels = labelled(rng.integers(0, 8, 400) / 8, rng.integers(0, 6, 300) / 8)  # many ties
+    is_signal, correct, ends = _prepare(scores, labels, 1)
+    order = np.argsort(-scores[:, 1], kind="stable")
+    draws = rng.integers(0, len(labels), (4, len(labels)))
+    weights = np.stack([np.bincount(d, minlength=len(labels)) for d in draws])[:, order]
+    acc, area, eps_b = replica_metrics(is_signal, correct, ends, weights, np.array([0.3, 0.5]))
+    for b, d in enumerate(draws):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnreliableMetricWarning)
+            m = binary_metrics(scores[d], labels[d])
+        assert acc[b] == pytest.approx(m["accuracy"], abs=1e-12)
+        assert area[b] == pytest.approx(m["auc"], abs=1e-12)
+        np.testing.assert_allclose(eps_b[b], [m["eps_b_30"], m["eps_b_50"]], atol=1e-12)
+
+
+def gaussian_scores(n, separation=2.0, seed=1):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + separation * (labels - 0.5))))
+    return np.stack([1 - s, s], 1), labels
+
+
+def test_bootstrap_intervals_are_reproducible_and_as_wide_as_binomial():
+    from jetkd.evaluate import bootstrap_intervals
+
+    scores, labels = gaussian_scores(20_000)
+    m = binary_metrics(scores, labels, n_bootstrap=300)
+    again = binary_metrics(scores, labels, n_bootstrap=300)
+    other = bootstrap_intervals(scores, labels, n_bootstrap=300, seed=1)
+    assert m["accuracy_interval"] == again["accuracy_interval"] and m["n_bootstrap"] == 300
+    assert other["accuracy_interval"] != m["accuracy_interval"]
+    lo, hi = m["accuracy_interval"]
+    sigma = math.sqrt(m["accuracy"] * (1 - m["accuracy"]) / 20_000)  # a binomial fraction's standard error
+    assert lo < m["accuracy"] < hi and (hi - lo) / 2 == pytest.approx(sigma, rel=0.2)
+    for key in ("auc", "rej_30", "rej_50"):
+        lo, hi = m[f"{key}_interval"]
+        assert lo < m[key] < hi, key
+    lo, hi = m["eps_b_30_interval"]
+    assert m["rej_30_interval"] == pytest.approx([1 / hi, 1 / lo])
+
+
+def test_bootstrap_of_100k_jets_is_fast():
+    import time
+
+    from jetkd.evaluate import bootstrap_intervals
+    from jetkd.evaluate.metrics import eps_s_grid
+
+    scores, labels = gaussian_scores(100_000)
+    start = time.perf_counter()
+    out = bootstrap_intervals(scores, labels, n_bootstrap=200, grid=eps_s_grid())
+    assert time.perf_counter() - start < 15  # ~0.5 s on one core: vectorised over replicas, no loop over jets
+    assert out["eps_b_grid_interval"].shape == (2, 200) and np.all(np.isfinite(out["auc_interval"]))
+
+
+def test_rejection_from_few_background_jets_is_a_lower_limit():
+    from jetkd.evaluate import rejection_lower_limit
+
+    # no background jet of 180 passes: 1/eps_B > 180 / 1.841 (1.841: the 84.13% CL Poisson upper limit on 0)
+    assert rejection_lower_limit(0, 180) == pytest.approx(97.8, abs=0.05)
+    assert rejection_lower_limit(5, 1000) < 1000 / 5 < rejection_lower_limit(500, 100_000) * 1.1
+    sig = np.r_[np.full(2, 0.9), np.full(4, 0.5), np.full(4, 0.1)]  # the hand-computed ROC above: 1 and 3 of
+    bkg = np.r_[np.full(4, 0.5), np.full(6, 0.1)]                       # 10 background jets pass at 0.3 and 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)
+        few = binary_metrics(*labelled(sig, bkg))
+        many = binary_metrics(*labelled(sig.repeat(10), bkg.repeat(10)))  # 10 and 30 pass
+    assert few["rej_30_lower_bound"] and few["rej_50_lower_bound"]
+    assert few["rej_30"] == pytest.approx(10.0) and few["rej_30_limit"] == pytest.approx(rejection_lower_limit(1, 10))
+    assert few["rej_30_limit"] < few["rej_30"]
+    assert not many["rej_30_lower_bound"] and not many["rej_50_lower_bound"]
+
+
+# ----------------------------------------------------------------------------- non-finite scores
+
+
+class Diverged(nn.Module):
+    """A diverged model: NaN logits for every jet (``all``) or for every third jet."""
+
+    def __init__(self, every=3):
+        super().__init__()
+        self.every = every
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, p4, mask):
+        s = self.w * (jet_mass(p4, mask).float() - 40.0)
+        s = torch.where(torch.arange(len(s)) % self.every == 0, torch.full_like(s, float("nan")), s)
+        return torch.stack([-s, s], -1)
+
+
+def test_binary_metrics_report_non_finite_scores_instead_of_raising():
+    from jetkd.evaluate import NonFiniteScoreWarning
+
+    scores, labels = gaussian_scores(500)
+    scores[3] = np.nan
+    scores[7, 1] = np.inf
+    with pytest.warns(NonFiniteScoreWarning, match="2 of 500 jets have non-finite scores"):
+        m = binary_metrics(scores, labels, n_bootstrap=20)
+    assert m["n_nonfinite"] == 2
+    assert all(math.isnan(m[k]) for k in ("accuracy", "auc", "rej_30", "rej_50", "eps_b_30"))
+    assert all(math.isnan(v) for v in m["auc_interval"] + m["rej_30_interval"])
+    assert not m["rej_30_lower_bound"]
+    with pytest.warns(NonFiniteScoreWarning):
+        assert binary_metrics(np.full((10, 2), np.nan), labels[:10])["n_nonfinite"] == 10
+    from jetkd.evaluate import roc_grid
+
+    assert roc_grid(scores, labels) == {"eps_s": [], "eps_b": []}
+    clean = binary_metrics(*gaussian_scores(500, separation=1.0))
+    assert clean["n_nonfinite"] == 0 and not math.isnan(clean["auc"])
+
+
+def test_validation_metrics_never_raise_and_match_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from jetkd.evaluate.metrics import validation_metrics
+
+    scores, labels = gaussian_scores(2000)
+    v = validation_metrics(scores, labels)
+    assert set(v) == {"val_loss", "val_acc", "val_auc", "val_nonfinite"} and v["val_nonfinite"] == 0
+    assert v["val_auc"] == pytest.approx(roc_auc_score(labels, scores[:, 1]), abs=1e-12)
+    assert v["val_loss"] == pytest.approx(-np.mean(np.log(scores[np.arange(2000), labels])))
+    assert v["val_acc"] == pytest.approx(np.mean(scores.argmax(1) == labels))
+    scores[5, 0] = np.nan
+    scores[6] = np.inf
+    bad = validation_metrics(scores, labels)
+    assert bad["val_nonfinite"] == 2 and all(math.isnan(bad[k]) for k in ("val_loss", "val_acc", "val_auc"))
+    one_class = validation_metrics(scores[labels == 1][:50][np.isfinite(scores[labels == 1][:50]).all(1)],
+                                   np.ones(50, int)[: np.isfinite(scores[labels == 1][:50]).all(1).sum()])
+    assert math.isnan(one_class["val_auc"]) and not math.isnan(one_class["val_loss"])
+    empty = validation_metrics(np.zeros((0, 2)), np.zeros(0, int))
+    assert math.isnan(empty["val_loss"]) and empty["val_nonfinite"] == 0
+
+
+def test_evaluate_and_report_a_diverged_model(tmp_path):
+    batches = split(toy_jets(60, seed=4), 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)
+        entry = evaluate_model(Diverged(), batches, betas=[0.0, 0.5], name="diverged", n_bootstrap=20)
+        good = evaluate_model(MassTagger(), batches, betas=[0.0, 0.5], name="good", n_bootstrap=20)
+    assert entry["metrics"]["n_nonfinite"] == 21 and math.isnan(entry["metrics"]["auc"])  # 7 per batch of 20
+    assert entry["roc"]["eps_s"] == [] and math.isnan(entry["invariance_score"])
+    assert any("non-finite" in w for w in entry["warnings"])
+    write_report(tmp_path, {"diverged": entry, "good": good})
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| diverged"))
+    assert row.startswith("| diverged ‡ |") and "| – | – |" in row
+    assert "‡ Non-finite (NaN or inf) scores" in md and "diverged: 21 of 60 jets" in md
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["models"]["diverged"]["metrics"]["n_nonfinite"] == 21 and doc["models"]["diverged"]["metrics"]["auc"] is None
+
+
+def test_evaluate_model_intervals_band_and_quiet_progress(capsys, monkeypatch):
+    import io
+    import sys
+
+    batches = split(toy_jets(300, seed=3), 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)
+        entry = evaluate_model(PerConstituent(), batches, betas=[0.0, 0.5], n_bootstrap=50, progress=True)
+    m, roc = entry["metrics"], entry["roc"]
+    assert m["n_bootstrap"] == 50 and m["accuracy_interval"][0] <= m["accuracy"] <= m["accuracy_interval"][1]
+    assert len(roc["eps_b_low"]) == len(roc["eps_b_high"]) == len(roc["eps_s"]) == 200
+    low, mid, high = (np.asarray(roc[k]) for k in ("eps_b_low", "eps_b", "eps_b_high"))
+    assert np.all(low <= high) and np.mean((low <= mid) & (mid <= high)) > 0.9
+    assert capsys.readouterr().err == ""  # not a terminal: no progress bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)
+        evaluate_model(PerConstituent(), batches, betas=[0.0, 0.5], n_bootstrap=0, name="deepset", progress=True)
+    assert "deepset: boost scan" in terminal.getvalue()

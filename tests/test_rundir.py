@@ -245,3 +245,18 @@ def test_without_a_terminal_training_prints_epoch_lines_and_heartbeats(cache, tm
     assert "eta 0:00:00" in ends[1]
     assert "\r" not in done.stdout + done.stderr  # no progress-bar redraws in a batch log
     assert Path(tmp_path / "run" / "timing.jsonl").read_text().count("jets_per_s") == 2
+
+
+def test_validation_reports_non_finite_scores_instead_of_crashing(cache, tmp_path, monkeypatch, capsys):
+    import math
+
+    from jetkd.models.students import DeepSet
+
+    real_forward = DeepSet.forward
+    monkeypatch.setattr(DeepSet, "forward", lambda self, p4, mask: real_forward(self, p4, mask) * (
+        1.0 if self.training else float("inf")))
+    summary = Trainer(load_job(data=job_dict(cache, tmp_path / "run")), progress=False).fit()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_nonfinite"] for r in records] == [96, 96]
+    assert all(math.isnan(r[k]) for r in records for k in ("val_loss", "val_acc", "val_auc"))
+    assert math.isnan(summary["best_val_acc"]) and "no epoch qualified as best" in capsys.readouterr().out

@@ -339,15 +339,14 @@ class Trainer:
                                f"set train.grad_clip, or check the data")
 
     def validate(self) -> dict[str, float]:
-        """Validation loss (CE), accuracy and AUC of the current model."""
-        from sklearn.metrics import roc_auc_score
+        """Validation loss (CE), accuracy and AUC of the current model (NaN, never a crash, when its scores are
+        not finite: ``val_nonfinite`` counts them)."""
+        from jetkd.evaluate.metrics import validation_metrics
 
         loader = JetLoader(self.val_cache, self.job.train.eval_batch_size, shuffle=False)
         scores, labels = predict(self.model, loader, device=self.env.device)
         self.model.train()
-        loss = -np.mean(np.log(np.clip(scores[np.arange(len(labels)), labels], 1e-12, None)))
-        auc = roc_auc_score(labels, scores[:, 1]) if len(np.unique(labels)) == 2 else float("nan")
-        return {"val_loss": float(loss), "val_acc": float((scores.argmax(1) == labels).mean()), "val_auc": float(auc)}
+        return validation_metrics(scores, labels)
 
     # ------------------------------------------------------------------------- the loop
 
