@@ -27,6 +27,7 @@ from jetkd.data.arrays import DEFAULT_MAX_MOMENTUM, check_max_momentum
 from jetkd.data.cache import CacheWriter
 from jetkd.data.readers import count_jets, detect_format, iter_jets
 from jetkd.errors import InputError
+from jetkd.rundir import OutputFolder
 
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -89,6 +90,7 @@ def convert(
     step_size: int = 50_000,
     progress: bool = True,
     max_momentum: float = DEFAULT_MAX_MOMENTUM,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Convert ``inputs`` into ``out_dir/<split>.h5`` and return the written paths by split name.
 
@@ -98,6 +100,10 @@ def convert(
     (``--no-labels``) reads unlabelled files: every label is -1. ``max_momentum`` (GeV, ``--max-momentum``) bounds
     |px|, |py|, |pz| and E of every constituent. Bad input raises :class:`InputError` (file, branch, entry, what
     was wrong) and leaves no output file behind; so does a split that would get no jets.
+
+    ``out_dir`` holds one cache: it is locked while converting (:class:`jetkd.rundir.OutputFolder`: a second
+    convert into it fails at once; a dead one's lock and temporary files are cleaned up), and split files already
+    there are refused unless ``force`` (``--force``: they are replaced when the new ones are complete).
     """
     split = dict(split or DEFAULT_SPLIT)
     if max_particles < 1:
@@ -121,8 +127,10 @@ def convert(
     which = assign_splits(n_jets, split, seed)
     offsets = np.cumsum([0] + sizes[:-1])
     out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    present = [f"{name}.h5" for name in split if (out_dir / f"{name}.h5").exists()]
+    if present and not force:
+        raise InputError(str(out_dir), f"already holds a cache ({', '.join(present)}); give another --out, or "
+                                       "--force to replace it")
     attrs = {
         "sources": [str(Path(p).resolve()) for p in inputs],
         "formats": formats,
@@ -134,6 +142,7 @@ def convert(
         "jetkd_version": __version__,
     }
     start = time.perf_counter()
+    folder = OutputFolder(out_dir, [], "cache", resume=True).acquire()  # the lock only (refusal above)
     try:
         with contextlib.ExitStack() as stack:
             writers = [
@@ -165,10 +174,8 @@ def convert(
             for writer in writers:
                 writer.set_attrs(class_names=merge_class_names(list(class_names.values())))
             paths = _commit(split, writers)
-    except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
+    finally:
+        folder.release()  # removes out_dir too if it was created here and nothing was written
     _print_summary(paths, counts, max_particles, time.perf_counter() - start)
     return paths
 

@@ -87,6 +87,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--no-labels", action="store_true",
                    help="unlabelled input (collision data): read no labels, store label -1 (such a cache can be "
                         "scored, not trained or evaluated on)")
+    p.add_argument("--force", action="store_true", help="replace a cache already in --out (its split files)")
     p.add_argument("--max-momentum", type=float, default=1e5, metavar="GEV",
                    help="sanity bound on |px|, |py|, |pz| and E of every constituent; a jet beyond it stops the "
                         "conversion (default: %(default)g GeV = 100 TeV)")
@@ -106,6 +107,7 @@ def _run_convert(args) -> int:
         labels=args.labels.split(",") if args.labels else None,
         label_mode="none" if args.no_labels else "required",
         max_momentum=args.max_momentum,
+        force=args.force,
     )
     return 0
 

@@ -173,3 +173,42 @@ def test_cli_truncated_and_unknown_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert name in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "cache").exists()
+
+
+def test_convert_output_holds_one_cache_locked_and_cleaned(tmp_path, capsys):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    path = write_lgn(tmp_path / "a.h5", *jets(50, seed=7))
+    out = tmp_path / "cache"
+    assert main(["convert", str(path), "--out", str(out)]) == 0
+    first = (out / "train.h5").read_bytes()
+    capsys.readouterr()
+    assert main(["convert", str(path), "--out", str(out), "--seed", "5"]) == 2  # refuses an existing cache
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a cache (train.h5, val.h5, test.h5)" in err and "--force" in err
+    assert (out / "train.h5").read_bytes() == first
+    # a convert killed with kill -9 leaves its temporaries and lock: the next one cleans them up
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".train.h5.tmp-{dead.pid}").write_bytes(b"half a file")
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
+    assert main(["convert", str(path), "--out", str(out), "--seed", "5", "--force"]) == 0
+    assert (out / "train.h5").read_bytes() != first
+    assert sorted(p.name for p in out.iterdir()) == ["test.h5", "train.h5", "val.h5"]
+    # a live convert holds the lock: a second one fails at once
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jetkd.rundir import OutputFolder; "
+                               "OutputFolder(sys.argv[1], [], resume=True).acquire(); print('locked', flush=True); "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(["convert", str(path), "--out", str(out), "--force"]) == 2
+        assert f"in use by process {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
