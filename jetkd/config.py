@@ -311,6 +311,15 @@ def split_fractions(value: dict) -> None:
         raise Invalid(f"expected fractions that sum to 1, got {sum(value.values()):g} from {value!r}")
 
 
+def seed_list(value) -> None:
+    """A pipeline's ``seeds``: distinct integers >= 0 (may be empty: train once, with each job's train.seed)."""
+    for i, seed in enumerate(value):
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            raise Invalid(f"expected an integer >= 0, got {seed!r}", f"[{i}]")
+    if len(set(value)) != len(value):
+        raise Invalid(f"expected distinct seeds, got {value!r}")
+
+
 COUNT, NATURAL = bounded(1, integer=True), bounded(0, integer=True)  # >= 1, >= 0 (seeds, optional counts)
 POSITIVE, NON_NEGATIVE = bounded(0, above=True), bounded(0)
 FRACTION, BETA = bounded(0, 1), bounded(0, 1, below=True)  # a weight in [0, 1]; v/c of a boost (or Adam's beta)
@@ -355,6 +364,7 @@ PIPELINE_CHECKS: dict[str, Check] = {
     "evaluate.betas": each(BETA, expected="a non-empty list of numbers in [0, 1)"),
     "evaluate.axis": three_vector,
     "evaluate.batch_size": COUNT,
+    "seeds": lambda seeds: seed_list(seeds),
 }
 
 

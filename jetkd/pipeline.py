@@ -12,13 +12,23 @@ A pipeline config::
       mlp_kd: {model: {name: mlp}, distill: {method: kd, temperature: 3, alpha: 0.7}}
     evaluate: {betas: [0.0, 0.05, ...], axis: [1, 0, 0]}
 
-Each stage's output lands in ``run_dir`` (``jets.root``, ``cache/``, ``teacher/``, ``<student>/``, ``report.*``);
-a stage whose output already exists is skipped, so a killed pipeline continues where it stopped.
+    seeds: [1, 2, 3]                                       # optional: every student once per seed
+
+Each stage's output lands in ``run_dir`` (``jets.root``, ``cache/``, ``teacher/``, ``<student>/`` or
+``<student>_seed<k>/``, ``report.*``). A stage's fingerprint (its resolved config and the fingerprints of its
+inputs: the upstream stages, or the size and time of given data files) is stored in ``run_dir/stages.json``
+when the stage starts. A stage is reused only when its fingerprint is unchanged (a killed training with an
+unchanged fingerprint is resumed); otherwise it is rerun, and with it everything downstream, and the pipeline
+says which and why; a previous output is moved aside to ``<name>.replaced-<time>``, never overwritten.
+``run_dir`` is locked while a pipeline runs in it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -65,6 +75,7 @@ class Pipeline:
     student_defaults: dict = field(default_factory=dict)
     students: dict = field(default_factory=dict)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    seeds: list[int] = field(default_factory=list)  # train every student once per seed (train.seed); [] = once
 
 
 def load_pipeline(path, overrides: list[str] = ()) -> Pipeline:
@@ -93,10 +104,14 @@ def load_pipeline(path, overrides: list[str] = ()) -> Pipeline:
     return pipe
 
 
-def _job_dict(pipe: Pipeline, entry: dict, name: str, run_dir: Path) -> dict:
+def _job_dict(pipe: Pipeline, entry: dict, name: str, run_dir: Path, seed: int | None = None) -> dict:
     base = {} if name == "teacher" else pipe.student_defaults
     job = merge(base, entry)
-    job["run_dir"] = str(run_dir / name.removeprefix("students."))
+    folder = name.removeprefix("students.")
+    if seed is not None:
+        job["train"] = {**job.get("train", {}), "seed": seed}
+        folder = f"{folder}_seed{seed}"
+    job["run_dir"] = str(run_dir / folder)
     job["data"] = to_dict(_data_paths(pipe, run_dir))
     if job.get("distill", {}).get("method", "none") != "none":
         job["distill"] = {**job["distill"], "teacher": str(run_dir / "teacher" / "best.pt")}
@@ -111,30 +126,128 @@ def _data_paths(pipe: Pipeline, run_dir: Path) -> DataConfig:
 
 
 def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
-    """Run every stage and return the run folder (with ``report.md``)."""
+    """Run every stage whose fingerprint changed (module docstring) and return the run folder (with
+    ``report.md``)."""
+    from jetkd.rundir import OutputFolder
     from jetkd.train.loop import Trainer
 
     start = time.perf_counter()
     run_dir = Path(pipe.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if pipe.generate is not None:
-        _make_data(pipe, run_dir)
-    jobs = {"teacher": pipe.teacher, **{f"students.{k}": v for k, v in pipe.students.items()}}
-    for name, entry in jobs.items():
-        job = load_job(data=_job_dict(pipe, entry, name, run_dir))
-        if _finished(Path(job.run_dir), job.train.epochs):
-            continue
-        _stage(f"training {name.removeprefix('students.')}")
-        Trainer(job, resume=True, progress=progress).fit()
+    with OutputFolder(run_dir, [], "pipeline", resume=True):  # the lock only: one pipeline at a time
+        stages = Stages(run_dir)
+        data = _make_data(pipe, run_dir, stages) if pipe.generate is not None else _given_data(pipe.data)
+        jobs = {"teacher": (pipe.teacher, None)}
+        for student, entry in pipe.students.items():
+            for seed in pipe.seeds or [None]:
+                jobs[f"students.{student}" + (f"_seed{seed}" if seed is not None else "")] = (entry, seed)
+        fingerprints = {"data": data}
+        for name, (entry, seed) in jobs.items():
+            base = name if seed is None else name.rpartition("_seed")[0]
+            job = load_job(data=_job_dict(pipe, entry, base, run_dir, seed))
+            config = to_dict(job)
+            config.pop("run_dir")
+            config["data"] = None  # stands for the data's fingerprint
+            inputs = {"data": data}
+            if job.distill.method != "none":
+                config["distill"]["teacher"] = None
+                inputs["teacher"] = fingerprints["teacher"]
+            label = name.removeprefix("students.")
+            decision = stages.decide(label, config, inputs, Path(job.run_dir))
+            fingerprints[name.removeprefix("students.")] = stages.fingerprint(label)
+            if decision == "reuse" and _finished(Path(job.run_dir), job.train.epochs):
+                continue
+            _stage(f"training {label}" + (f" ({decision})" if decision != "new" else ""))
+            Trainer(job, resume=decision == "reuse", force=decision != "reuse", progress=progress).fit()
 
-    _stage("evaluating")
-    checkpoints = {name: run_dir / name for name in ["teacher", *pipe.students]}
-    evaluate_checkpoints(checkpoints, _data_paths(pipe, run_dir).test, run_dir, betas=pipe.evaluate.betas,
-                         axis=pipe.evaluate.axis, batch_size=pipe.evaluate.batch_size)
+        _stage("evaluating")
+        checkpoints = {name.removeprefix("students."): Path(run_dir / name.removeprefix("students.")) for name in jobs}
+        evaluate_checkpoints(checkpoints, _data_paths(pipe, run_dir).test, run_dir, betas=pipe.evaluate.betas,
+                             axis=pipe.evaluate.axis, batch_size=pipe.evaluate.batch_size, progress=progress)
     print(f"\nPipeline finished in {time.perf_counter() - start:.0f} s.\n")
     print((run_dir / "report.md").read_text())
     print(f"Report, plots and every run are in {run_dir.resolve()}/")
     return run_dir
+
+
+class Stages:
+    """``run_dir/stages.json``: per stage, the fingerprint of its resolved config and inputs, written when the
+    stage starts. :meth:`decide` compares a stage's fingerprint with the stored one and says (and prints) what to
+    do with its output: ``"new"`` (none yet), ``"reuse"`` (unchanged: reuse, or resume a killed training), or a
+    reason to rerun (``"config changed: teacher.model.n_hidden 24 -> 48"``, ``"its teacher changed"``)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "stages.json"
+        self.records = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @staticmethod
+    def _hash(config: dict, inputs: dict) -> str:
+        text = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def fingerprint(self, stage: str) -> str:
+        """What stages downstream of ``stage`` record as their input: the identity of its output, new whenever the
+        stage is (re)run, so that everything downstream reruns with it."""
+        return self.records[stage]["output"]
+
+    def decide(self, stage: str, config: dict, inputs: dict, output: Path) -> str:
+        """What to do with ``stage`` (see the class docstring); records the new fingerprint; a changed stage's
+        previous ``output`` is left to the caller to move aside (trainers: ``force``; data: :meth:`replace`)."""
+        fingerprint = self._hash(config, inputs)
+        old = self.records.get(stage)
+        if not output.exists():
+            decision = "new"
+        elif old is None:
+            decision = "made before this pipeline recorded fingerprints"
+        elif old["fingerprint"] == fingerprint:
+            decision = "reuse"
+        else:
+            decision = _why(old, config, inputs)
+        if decision not in ("new", "reuse"):
+            print(f"== {stage}: {decision}: rerunning it (and what depends on it)", flush=True)
+        made = {"of": fingerprint, "made": time.time_ns()}
+        output_id = old["output"] if decision == "reuse" else self._hash(made, {})
+        self.records[stage] = {"fingerprint": fingerprint, "output": output_id, "config": config, "inputs": inputs}
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, self.path)
+        return decision
+
+    @staticmethod
+    def replace(output: Path) -> None:
+        """Move a stage's previous ``output`` aside to ``<name>.replaced-<time>`` and say so."""
+        moved = output.with_name(f"{output.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(output), str(moved))
+        print(f"   the previous {output.name} is now {moved}", flush=True)
+
+
+def _why(old: dict, config: dict, inputs: dict) -> str:
+    """Why a stage's fingerprint changed: the config keys (old -> new) or the inputs that differ."""
+    flat_old, flat_new = _flatten(old.get("config", {})), _flatten(config)
+    keys = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+    if keys:
+        return "config changed: " + "; ".join(f"{k} {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys[:6])
+    changed = [k for k in inputs if old.get("inputs", {}).get(k) != inputs[k]]
+    return "its " + " and ".join(changed or ["inputs"]) + (" changed" if len(changed) < 2 else " changed")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _given_data(data: DataConfig) -> str:
+    """The fingerprint of cache files given by the user: their paths, sizes and modification times."""
+    files = {}
+    for split in ("train", "val", "test"):
+        path = Path(getattr(data, split))
+        stat = path.stat() if path.exists() else None
+        files[split] = [str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+    return Stages._hash(files, {})
 
 
 def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], test: str | Path,
@@ -205,19 +318,28 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], 
     return Path(out_dir)
 
 
-def _make_data(pipe: Pipeline, run_dir: Path) -> None:
+def _make_data(pipe: Pipeline, run_dir: Path, stages: Stages) -> str:
+    """Generate and convert (each only when its fingerprint changed); returns the cache's fingerprint."""
     from data_prep.convert import convert
     from data_prep.generate import generate
 
     gen, conv = pipe.generate, pipe.convert
     root = run_dir / "jets.root"
-    if not root.exists():
+    decision = stages.decide("generate", to_dict(gen), {}, root)
+    if decision != "reuse":
+        if root.exists():
+            Stages.replace(root)
         _stage(f"generating {gen.jets} jets")
         generate(root, n_jets=gen.jets, seed=gen.seed, workers=gen.workers or None, massless=gen.massless)
+    cache = run_dir / "cache"
+    decision = stages.decide("convert", to_dict(conv), {"jets": stages.fingerprint("generate")}, cache)
     data = _data_paths(pipe, run_dir)
-    if not all(Path(path).exists() for path in (data.train, data.val, data.test)):
+    if decision != "reuse" or not all(Path(path).exists() for path in (data.train, data.val, data.test)):
+        if cache.exists():
+            Stages.replace(cache)
         _stage("converting into the training cache")
-        convert([root], run_dir / "cache", split=conv.split, max_particles=conv.max_particles, seed=conv.seed)
+        convert([root], cache, split=conv.split, max_particles=conv.max_particles, seed=conv.seed)
+    return stages.fingerprint("convert")
 
 
 def _finished(job_dir: Path, epochs: int) -> bool:

@@ -12,7 +12,7 @@ from jetkd.pipeline import QUICKSTART, load_pipeline, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("teacher", "mlp", "mlp_kd", "deepset", "deepset_kd")
-SMALL = ["generate.jets=2000", "convert.max_particles=48", "teacher.train.epochs=8", "student_defaults.train.epochs=8"]
+SMALL = ["generate.jets=2000", "generate.workers=2", "convert.max_particles=48", "teacher.train.epochs=8", "student_defaults.train.epochs=8"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,6 @@ def small_run(tmp_path_factory):
         [
             f"run_dir={run_dir}",
             *SMALL,
-            "generate.workers=2",
             "evaluate.betas=[0.0, 0.25, 0.5, 0.75, 0.9]",
         ],
     )
@@ -86,3 +85,62 @@ def test_compare_methods_script_writes_one_table(small_run):
     assert "2,000 generated jets (Pythia seed 1)" in text and "Training seeds: teacher 1" in text
     rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["Model", *MODELS[:1], "mlp", "mlp_kd", "deepset", "deepset_kd"]
+
+
+def tiny_pipeline(cache, run_dir, **extra) -> dict:
+    """A pipeline on the toy cache: a tiny LorentzNet teacher, a plain and a distilled tiny deep set, 1 epoch."""
+    from helpers import TINY_DEEPSET
+
+    return {"run_dir": str(run_dir), "data": {k: str(cache / f"{k}.h5") for k in ("train", "val", "test")},
+            "teacher": {"model": {"name": "lorentznet", "n_hidden": 8, "n_layers": 2, "dropout": 0.0},
+                        "train": {"epochs": 1, "batch_size": 32}},
+            "student_defaults": {"train": {"epochs": 1, "batch_size": 32}},
+            "students": {"ds": {"model": TINY_DEEPSET},
+                         "ds_kd": {"model": TINY_DEEPSET, "distill": {"method": "kd", "temperature": 2.0}}},
+            "evaluate": {"betas": [0.0, 0.5]}, **extra}
+
+
+def test_run_reruns_exactly_the_stages_whose_config_or_inputs_changed(cache, tmp_path, capsys):
+    config = tmp_path / "pipe.yaml"
+    config.write_text(yaml.safe_dump(tiny_pipeline(cache, tmp_path / "run")))
+    assert main(["run", str(config)]) == 0
+    stamp = {name: (tmp_path / "run" / name / "best.pt").stat().st_mtime_ns for name in ("teacher", "ds", "ds_kd")}
+    capsys.readouterr()
+    assert main(["run", str(config)]) == 0  # nothing changed: nothing trains
+    assert "== training" not in capsys.readouterr().out
+    assert main(["run", str(config), "teacher.model.n_hidden=6"]) == 0  # the teacher and its student rerun
+    out = capsys.readouterr().out
+    assert "== teacher: config changed: model.n_hidden 8 -> 6: rerunning it" in out
+    assert "== ds_kd: its teacher changed: rerunning it" in out and "== training ds " not in out
+    after = {name: (tmp_path / "run" / name / "best.pt").stat().st_mtime_ns for name in ("teacher", "ds", "ds_kd")}
+    assert after["ds"] == stamp["ds"] and after["teacher"] != stamp["teacher"] and after["ds_kd"] != stamp["ds_kd"]
+    moved = sorted(p.name for p in (tmp_path / "run").iterdir() if ".replaced-" in p.name)
+    assert [name.split(".replaced-")[0] for name in moved] == ["ds_kd", "teacher"]  # moved aside, not overwritten
+    assert load_checkpoint_config(tmp_path / "run" / "teacher")["model"]["n_hidden"] == 6
+    assert main(["run", str(config), "student_defaults.train.epochs=2", "teacher.model.n_hidden=6"]) == 0
+    out = capsys.readouterr().out
+    assert "== ds: config changed: train.epochs 1 -> 2" in out and "teacher: " not in out
+
+
+def load_checkpoint_config(run):
+    from jetkd.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(run)["config"]
+
+
+def test_run_with_a_list_of_seeds_summarises_them(cache, tmp_path):
+    run = tmp_path / "run"
+    pipe = load_pipeline_dict(tiny_pipeline(cache, run, seeds=[1, 2, 3]), tmp_path)
+    run_pipeline(pipe, progress=False)
+    for student in ("ds", "ds_kd"):
+        assert [load_checkpoint_config(run / f"{student}_seed{k}")["train"]["seed"] for k in (1, 2, 3)] == [1, 2, 3]
+    report = json.loads((run / "report.json").read_text())
+    groups = {g["label"]: g for g in report["summary"]}
+    assert {g["n_seeds"] for g in groups.values()} == {3} and len(groups) == 2
+    assert "Over seeds" in (run / "report.md").read_text()
+
+
+def load_pipeline_dict(data, tmp_path):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_pipeline(path)
