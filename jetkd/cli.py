@@ -339,8 +339,11 @@ def _add_run(sub) -> None:
     p = sub.add_parser(
         "run",
         help="the whole pipeline from one config: generate, convert, teacher, students, evaluate",
-        description="Run a pipeline config (see configs/quickstart.yaml). Finished stages are skipped, so rerunning "
-        "a killed pipeline continues where it stopped.",
+        description="Run a pipeline config (see configs/quickstart.yaml). A stage is reused only when its resolved "
+        "config and inputs are unchanged (fingerprints in RUN_DIR/stages.json), so rerunning a killed pipeline "
+        "continues where it stopped; a changed stage reruns with everything downstream of it, the pipeline says "
+        "which and why, and previous outputs are moved aside. `seeds: [1, 2, 3]` trains every student once per seed "
+        "and the report summarises them as mean ± std.",
         epilog=_examples("jetkd run configs/quickstart.yaml\njetkd run configs/quickstart.yaml generate.jets=20000 run_dir=runs/qs20k"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -467,3 +467,21 @@ def test_a_killed_score_leaves_no_output(runs, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()  # the final name appears only once everything is written
+
+
+def test_vector_momentum4d_records_score_like_their_components(tmp_path):
+    """A ``vector`` Momentum4D record in any coordinates (here pt, eta, phi, mass) is read through its px, py, pz, E
+    (jetkd does not import vector; jetkd.lorentz owns the maths)."""
+    import awkward as ak
+    import vector
+
+    from jetkd.data.sources import jets_from_awkward
+
+    vector.register_awkward()
+    pt, eta, phi = [[50.0, 20.0, 5.0], [30.0, 12.0]], [[0.1, -0.2, 0.3], [0.0, 0.5]], [[0.0, 0.1, -0.2], [1.0, 1.2]]
+    mass = [[0.0, 0.1396, 0.0], [0.0, 0.0]]
+    rec = ak.zip({"pt": pt, "eta": eta, "phi": phi, "mass": mass}, with_name="Momentum4D")
+    jets = jets_from_awkward(rec)
+    expected = ak.zip({"px": rec.px, "py": rec.py, "pz": rec.pz, "E": rec.E})
+    for field, ref in (("px", expected.px), ("py", expected.py), ("pz", expected.pz), ("E", expected.E)):
+        np.testing.assert_allclose(ak.flatten(jets.p4[field]).to_numpy(), ak.flatten(ref).to_numpy(), rtol=1e-6)
