@@ -122,3 +122,27 @@ def test_per_constituent_teacher_taps_are_cached_and_equal_the_live_ones(cache, 
     assert torch.equal(cached.mask, live.mask) and cached.value.shape == live.value.shape
     real = live.mask[..., None]
     torch.testing.assert_close(cached.value * real, live.value * real, atol=1e-5, rtol=1e-5)
+
+
+def test_feature_maps_of_image_models_are_spatial_taps_with_convolutional_regressors():
+    from jetkd.distill.heads import half_squared_error, regressor_for
+    from jetkd.images.models import IMAGE_MODELS
+
+    student, teacher = IMAGE_MODELS["resnet8x4"](n_class=10), IMAGE_MODELS["wrn_16_2"](n_class=10)
+    images = torch.randn(2, 3, 32, 32)
+    taps = {}
+    for name, model, path in (("s", student, "layer2"), ("t", teacher, "layer2"), ("t1", teacher, "layer1")):
+        recorder = TapRecorder(model, [path])
+        with recorder:
+            model(images)
+        taps[name] = recorder.taps[path]
+    s, t, t1 = taps["s"], taps["t"], taps["t1"]
+    assert s.spatial and s.mask is None and not s.per_constituent and s.dim == s.value.shape[1] == 128
+    torch.testing.assert_close(s.pooled(), s.value.mean((2, 3)))
+    reg = regressor_for(s, t)  # same 16x16 size: a 3x3 convolution with padding
+    assert reg.mode == "map" and reg.conv.kernel_size == (3, 3) and reg(s).value.shape == t.value.shape
+    big = regressor_for(t1, s)  # the student's map (32x32) larger than the target's (16x16): a valid convolution
+    assert big.conv.kernel_size == (17, 17) and big(t1).value.shape == s.value.shape
+    loss = half_squared_error(reg(s), t)
+    expected = 0.5 * (t.value - reg(s).value).pow(2).sum(1).mean()
+    torch.testing.assert_close(loss, expected)

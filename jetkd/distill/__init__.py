@@ -9,6 +9,7 @@ from __future__ import annotations
 from jetkd.distill.base import Method, NoDistillation, StepOutputs
 from jetkd.distill.kd import HintonKD, kd_loss
 from jetkd.distill.taps import Tap, TapRecorder
+from jetkd.errors import InputError
 
 __all__ = ["Method", "NoDistillation", "HintonKD", "StepOutputs", "Tap", "TapRecorder", "kd_loss", "build_method"]
 
@@ -19,6 +20,8 @@ def build_method(cfg) -> Method:
     from jetkd.distill.registry import METHODS
 
     entry = METHODS[cfg.method]
+    if cfg.method != "none" and cfg.temperature <= 0:  # every other method has a KD term at this temperature
+        raise InputError("distill.temperature", f"must be > 0, got {cfg.temperature}")
     cls = entry.load()
     if entry.options is None:
         return cls.from_config(cfg)

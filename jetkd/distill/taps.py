@@ -5,7 +5,8 @@ LorentzNet block returns ``(h, x)``) is tapped at its first element. Per-constit
 their mask (B, N) bool: the first boolean tensor among the module's inputs shaped like the tap's leading
 dimensions. Models whose per-node tensors put extra nodes before the constituents say so with an
 ``extra_nodes`` attribute (LorentzNet: the two beams); taps drop them, so teacher and student per-constituent
-taps line up constituent by constituent.
+taps line up constituent by constituent. Image models' feature maps, (B, C, H, W), are *spatial* taps (no
+mask; :meth:`Tap.pooled` averages over positions).
 
     recorder = TapRecorder(student, ["phi.blocks.0", "rho"])
     with recorder:                     # record while inside
@@ -26,7 +27,8 @@ from jetkd.errors import InputError
 
 @dataclass
 class Tap:
-    """value: (B, C) per jet or (B, N, C) per constituent; mask: (B, N) bool (per constituent) or None."""
+    """value: (B, C) per jet (or image), (B, N, C) per constituent, or (B, C, H, W) a feature map; mask: (B, N)
+    bool (per constituent) or None."""
 
     value: torch.Tensor
     mask: torch.Tensor | None = None
@@ -36,11 +38,19 @@ class Tap:
         return self.mask is not None
 
     @property
+    def spatial(self) -> bool:
+        """A feature map (B, C, H, W) of an image model."""
+        return self.mask is None and self.value.dim() == 4
+
+    @property
     def dim(self) -> int:
-        return self.value.shape[-1]
+        """Channels C."""
+        return self.value.shape[1] if self.spatial else self.value.shape[-1]
 
     def pooled(self) -> torch.Tensor:
-        """(B, C): the mean over real constituents, or the value itself for a per-jet tap."""
+        """(B, C): the mean over real constituents or over positions, or the value itself for a per-jet tap."""
+        if self.spatial:
+            return self.value.mean((2, 3))
         if self.mask is None:
             return self.value
         w = self.mask.to(self.value.dtype)[..., None]
@@ -91,7 +101,7 @@ class TapRecorder:
                 return
             value = output[0] if isinstance(output, (tuple, list)) else output
             mask = None
-            if value.dim() >= 3:
+            if value.dim() == 3:  # per constituent; (B, C, H, W) feature maps are spatial taps
                 mask = next((t for t in inputs if isinstance(t, torch.Tensor) and t.dtype == torch.bool
                              and t.shape == value.shape[:-1]), None)
                 if mask is None:

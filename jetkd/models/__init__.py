@@ -1,18 +1,21 @@
-"""Jet models. Each takes raw four-vectors and computes its own inputs: ``model(p4, mask) -> logits``.
+"""The model registry: jet models and image models, built from a config's ``model:`` section.
 
-p4: (B, N, 4) float32 ``[E, px, py, pz]`` in GeV, zero-padded; mask: (B, N) bool; logits: (B, n_class).
+Jet models take raw four-vectors and compute their own inputs: ``model(p4, mask) -> logits``, p4: (B, N, 4) float32
+``[E, px, py, pz]`` in GeV, zero-padded; mask: (B, N) bool; logits: (B, n_class). Image models
+(:mod:`jetkd.images.models`) take ``model(images) -> logits``, images (B, C, H, W) float32, normalised.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from jetkd.images.models import IMAGE_MODELS
 from jetkd.models.fixed import FixedDeepSet, FixedMLP
 from jetkd.models.lorentznet import LorentzNet
 from jetkd.models.students import MLP, DeepSet
 
 MODELS: dict[str, type[nn.Module]] = {"lorentznet": LorentzNet, "mlp": MLP, "deepset": DeepSet,
-                                      "mlp_fixed": FixedMLP, "deepset_fixed": FixedDeepSet}
+                                      "mlp_fixed": FixedMLP, "deepset_fixed": FixedDeepSet, **IMAGE_MODELS}
 
 
 def build_model(spec: dict) -> nn.Module:
