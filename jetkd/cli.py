@@ -181,7 +181,9 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("models", nargs="+", help="run folders or checkpoint files; named by the shortest distinguishing "
                    "path suffix")
-    p.add_argument("--data", required=True, help="test split of the cache")
+    p.add_argument("--data", required=True, help="test split of the cache (image models: the image dataset, e.g. "
+                   "digits or data/cifar-10-batches-py)")
+    p.add_argument("--split", default="test", help="image models: the split to evaluate on (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder for the report")
     p.add_argument("--betas", default=",".join(f"{0.05 * i:.2f}" for i in range(20)), help="boost betas (default: 0,0.05,...,0.95)")
     p.add_argument("--axis", default="1,0,0", help="boost axis (default: %(default)s)")
@@ -204,11 +206,32 @@ def _run_evaluate(args) -> int:
         raise InputError("--axis/--betas", "expected a 3-vector axis and betas with |beta| < 1")
     if args.bootstrap < 0:
         raise InputError("--bootstrap", f"must be >= 0, got {args.bootstrap}")
+    if _image_runs(args.models):
+        from jetkd.evaluate import run_labels
+        from jetkd.images.evaluate import evaluate_image_checkpoints
+
+        paths = [Path(spec) for spec in args.models]
+        out = evaluate_image_checkpoints(dict(zip(run_labels(paths), paths)), args.data, args.split, args.out,
+                                         n_bootstrap=args.bootstrap)
+        print((out / "report.md").read_text())
+        print(f"Report in {out.resolve()}/")
+        return 0
     out = evaluate_checkpoints([Path(spec) for spec in args.models], args.data, args.out, betas=betas, axis=axis,
                                batch_size=args.batch_size, n_bootstrap=args.bootstrap)
     print((out / "report.md").read_text())
     print(f"Report and plots in {out.resolve()}/")
     return 0
+
+
+def _image_runs(models: list[str]) -> bool:
+    """Whether the runs to evaluate are image models (their checkpoints' input contracts say so); a mix is an
+    error."""
+    from jetkd.train.checkpoint import load_checkpoint
+
+    kinds = {(load_checkpoint(m).get("contract") or {}).get("kind", "jets") for m in models}
+    if len(kinds) > 1:
+        raise InputError("models", "a mix of jet and image models; evaluate them separately")
+    return kinds == {"images"}
 
 
 def _add_score(sub) -> None:

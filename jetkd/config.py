@@ -41,12 +41,16 @@ from jetkd.errors import InputError
 
 @dataclass
 class DataConfig:
-    """Cache files (``jetkd convert`` output)."""
+    """Jets: cache files (``jetkd convert`` output). Images: ``images`` names the dataset (its folder as distributed,
+    or ``digits``; :func:`jetkd.images.read_images`) and train/val/test name its splits (default train, test,
+    test: the image benchmarks validate on their test split, as the papers do)."""
 
     train: str = ""
     val: str = ""
     test: str = ""
-    in_memory: bool = True  # False: stream blocks from disk (datasets larger than RAM)
+    in_memory: bool = True  # jets: False streams blocks from disk (datasets larger than RAM)
+    images: str = ""  # an image dataset instead of jet caches
+    image_options: dict = field(default_factory=dict)  # read_images options, e.g. {labels: coarse}, {size: [128, 128]}
 
 
 @dataclass
@@ -491,6 +495,8 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), data: di
     job = from_dict(TrainJob, merged, origins)
     check_model_args(job.model, origins)
     check_values(job, JOB_CHECKS, origins)
+    if job.data.images and job.train.boost_beta_max > 0:
+        raise config_error(origins, "train.boost_beta_max", "boosts act on jets; expected 0 with data.images")
     return job
 
 

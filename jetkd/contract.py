@@ -147,6 +147,46 @@ def cache_provenance(cache) -> dict:
     return {"cache": str(Path(cache.path).resolve()), "jets": len(cache), **decode_attrs(cache.attrs)}
 
 
+@dataclass
+class ImageContract:
+    """What a trained image model needs of its inputs (stored in its checkpoints like :class:`InputContract`).
+
+    model: ``{"name": ..., **constructor arguments}``; image_shape: (H, W, C) of the training images;
+    mean, std: per-channel normalisation of ``pixel / 255`` the model was trained with (apply it to new images);
+    class_names: one per output (or indices); format: the dataset format (``cifar10``, ``digits``, ...);
+    provenance: the dataset path and splits.
+    """
+
+    model: dict
+    image_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    class_names: list[str]
+    format: str
+    jetkd_version: str
+    kind: str = "images"
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_class(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, spec: dict, model, data) -> "ImageContract":
+        """The contract of ``model`` (built from ``spec``) trained on ``data`` (:class:`jetkd.train.data.ImageData`)."""
+        from jetkd import __version__
+
+        names = data.train.class_names or [str(i) for i in range(model.n_class)]
+        return cls(model=dict(spec), image_shape=list(data.train.images.shape[1:]), mean=list(data.mean),
+                   std=list(data.std), class_names=[str(n) for n in names][: model.n_class], format=data.train.format,
+                   jetkd_version=__version__,
+                   provenance={"images": str(data.path), "splits": data.splits, "options": data.options,
+                               "n_train": len(data.train.labels), "n_val": len(data.val.labels)})
+
+
 def training_contract(spec: dict, model, train_cache, val_cache=None) -> InputContract:
     """The contract of a model trained on ``train_cache``: ``spec`` rebuilds it (deploy form), ``model`` tells its
     features and class count, the cache its constituent count, mass convention, class names and provenance."""

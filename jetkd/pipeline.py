@@ -161,8 +161,14 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
 
         _stage("evaluating")
         checkpoints = {name.removeprefix("students."): Path(run_dir / name.removeprefix("students.")) for name in jobs}
-        evaluate_checkpoints(checkpoints, _data_paths(pipe, run_dir).test, run_dir, betas=pipe.evaluate.betas,
-                             axis=pipe.evaluate.axis, batch_size=pipe.evaluate.batch_size, progress=progress)
+        paths = _data_paths(pipe, run_dir)
+        if paths.images:
+            from jetkd.images.evaluate import evaluate_image_checkpoints
+
+            evaluate_image_checkpoints(checkpoints, paths.images, paths.test or "test", run_dir)
+        else:
+            evaluate_checkpoints(checkpoints, paths.test, run_dir, betas=pipe.evaluate.betas, axis=pipe.evaluate.axis,
+                                 batch_size=pipe.evaluate.batch_size, progress=progress)
     print(f"\nPipeline finished in {time.perf_counter() - start:.0f} s.\n")
     print((run_dir / "report.md").read_text())
     print(f"Report, plots and every run are in {run_dir.resolve()}/")
@@ -241,7 +247,13 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def _given_data(data: DataConfig) -> str:
-    """The fingerprint of cache files given by the user: their paths, sizes and modification times."""
+    """The fingerprint of cache files given by the user: their paths, sizes and modification times (an image
+    dataset: its folder's, its splits and options)."""
+    if data.images:
+        folder = Path(data.images)
+        stat = folder.stat() if folder.exists() else None
+        return Stages._hash({"images": str(folder.resolve()) if stat else data.images, "mtime": stat and stat.st_mtime_ns,
+                             "splits": [data.train, data.val, data.test], "options": data.image_options}, {})
     files = {}
     for split in ("train", "val", "test"):
         path = Path(getattr(data, split))

@@ -225,6 +225,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", strict: bool =
         return _load_onnx(path, strict, name)
     ckpt = load_checkpoint(path)
     ckpt_path = path / "best.pt" if path.is_dir() else path
+    if (ckpt.get("contract") or {}).get("kind") == "images":
+        raise InputError(str(ckpt_path), "an image model: jetkd.load and jetkd score take jet taggers (evaluate image "
+                                         "models with jetkd evaluate RUN --data DATASET)")
     if "contract" in ckpt:
         contract = InputContract.from_dict(ckpt["contract"], str(ckpt_path))
     else:

@@ -219,7 +219,7 @@ def test_trainer_runs_the_phases_and_best_pt_loads_the_student(cache, lorentznet
     assert ckpt["deployed"]["model"].keys() == trainer.model.state_dict().keys()
     deployed = load_model(run)
     assert not deployed.training
-    batch = next(iter(JetLoader(trainer.val_cache, 32, shuffle=False)))
+    batch = next(iter(JetLoader(trainer.data.val, 32, shuffle=False)))
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(deployed(batch.p4, batch.mask), trainer.model(batch.p4, batch.mask))

@@ -158,8 +158,12 @@ class CurriculumExtraction(Method):
             self.heads.append(regressor_for(s, self.project(i, t)).to(s.value.device))
 
     def project(self, i: int, tap: Tap) -> Tap:
-        """``tap`` (B, C_t) or (B, N, C_t) through projection i: (B, dim) or (B, N, dim), same mask."""
-        return Tap(tap.value.float() @ getattr(self, f"projection{i}"), tap.mask)
+        """``tap`` (B, C_t) or (B, N, C_t) through projection i: (B, dim) or (B, N, dim), same mask; an image
+        model's feature map (B, C_t, H, W) is projected channel-wise at every position: (B, dim, H, W)."""
+        projection = getattr(self, f"projection{i}")
+        if tap.spatial:
+            return Tap(torch.einsum("bchw,cd->bdhw", tap.value.float(), projection))
+        return Tap(tap.value.float() @ projection, tap.mask)
 
     def phase_index(self) -> int:
         """The extraction phase now running (0-based), or ``len(teacher_taps)`` in the final KD phase."""

@@ -38,6 +38,7 @@ def predict(
     device: str | torch.device = "cpu",
     transform: Transform | None = None,
     amp: bool = False,
+    inputs: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of ``model`` over ``batches``.
 
@@ -47,6 +48,8 @@ def predict(
     transform: optional ``p4 (B, N, 4) -> p4 (B, N, 4)`` applied to each batch's constituents (e.g. a boost);
                entries where ``mask`` is False are set back to zero afterwards, the mask is unchanged.
     amp:       bfloat16 autocast on CUDA (ignored elsewhere). Softmax is taken in float64 either way.
+    inputs:    ``batch -> model arguments`` for other batches than jets (images: ``lambda b: (b.images,)``;
+               moved to ``device``; ``transform`` does not apply).
 
     Returns ``scores`` (n_jets, n_class) float64 softmax probabilities and ``labels`` (n_jets,) int64, in
     batch order. With no batches at all, arrays of shape (0, 0) and (0,).
@@ -58,6 +61,12 @@ def predict(
     try:
         with torch.no_grad():
             for batch in batches:
+                if inputs is not None:
+                    with _autocast(device, amp):
+                        logits = model(*(x.to(device, non_blocking=True) for x in inputs(batch)))
+                    scores.append(logits.detach().cpu().double().numpy())
+                    labels.append(batch.label.cpu().numpy())
+                    continue
                 p4 = batch.p4.to(device, non_blocking=True)
                 mask = batch.mask.to(device, non_blocking=True)
                 if transform is not None:

@@ -2,6 +2,8 @@
 
 The design mirrors :class:`jetkd.data.loader.JetLoader`: the visiting order is a pure function of ``(seed, epoch)``,
 global batches of ``batch_size * world_size`` are split across ranks, and ``iter_from(step)`` resumes mid-epoch.
+With ``identities_per_batch=P`` the order is instead the P x K identity sampling of triplet training
+(:func:`pk_order`), under the same seeding, sharding and resume rules.
 The augmentation of each image is drawn per *position* in the epoch's order (not per rank or per batch), so it too
 is a pure function of ``(seed, epoch, step)`` and the same under any sharding or resume.
 
@@ -43,6 +45,44 @@ class Augment:
     @property
     def active(self) -> bool:
         return self.pad > 0 or bool(self.flip)
+
+
+def pk_order(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of P x K identity sampling (Hermans et al. 2017; reid-strong-baseline's ``RandomIdentitySampler``).
+
+    labels: (N,) identity of each image; p: identities per batch; k: images per identity; rng: the epoch's stream.
+    Returns (n_batches * p * k,) int64 image indices: batch b is ``order[b*p*k : (b+1)*p*k]``, p blocks of k
+    consecutive images, each block one identity, the p identities distinct.
+
+    Each identity's images are shuffled and cut into ``count // k`` chunks of k (the rest is dropped this epoch);
+    an identity with fewer than k images gives one chunk of k drawn from them with replacement. Every batch then
+    takes the next chunk of p identities drawn uniformly without replacement among those with chunks left, until
+    fewer than p are left. A pure function of ``labels``, ``p``, ``k`` and the state of ``rng``.
+    """
+    _, ident, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    ident = ident.reshape(-1)
+    perm = rng.permutation(len(ident))
+    perm = perm[np.argsort(ident[perm], kind="stable")]  # grouped by identity, random within each
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    small = counts < k
+    within = np.arange(len(perm)) - np.repeat(starts, counts)
+    kept = ~np.repeat(small, counts) & (within < np.repeat(counts // k * k, counts))
+    big_chunks = perm[kept].reshape(-1, k)  # (n_big_chunks, k), identity-contiguous
+    draws = rng.integers(0, counts[small][:, None], size=(int(small.sum()), k)) + starts[small][:, None]
+    chunks = np.concatenate([big_chunks, perm[draws]])
+    chunk_ident = np.r_[ident[big_chunks[:, 0]], np.flatnonzero(small)]
+    by_ident = np.argsort(chunk_ident, kind="stable")  # chunks grouped by identity, in their random order
+    chunks, n_chunks = chunks[by_ident], np.bincount(chunk_ident, minlength=len(counts))
+    first, taken = np.r_[0, np.cumsum(n_chunks)[:-1]], np.zeros(len(counts), np.int64)
+    picks = []
+    while True:
+        available = np.flatnonzero(taken < n_chunks)
+        if len(available) < p:
+            break
+        chosen = rng.choice(available, p, replace=False)
+        picks.append(first[chosen] + taken[chosen])
+        taken[chosen] += 1
+    return chunks[np.concatenate(picks)].reshape(-1).astype(np.int64) if picks else np.zeros(0, np.int64)
 
 
 # The usual training augmentation of each benchmark (jetkd.images.readers.FORMATS names). Flips are off for
@@ -141,6 +181,18 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return images.sub_(mean).div_(std).contiguous()
 
 
+def _check_pk(images: ImageSet, batch_size: int, p: int, world_size: int, shuffle: bool) -> None:
+    """ValueError unless P x K sampling with P = ``p`` per rank can make at least one batch of ``images``."""
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1 or batch_size % p:
+        raise ValueError(f"identities_per_batch must be a positive divisor of batch_size {batch_size}, got {p!r}")
+    if not shuffle:
+        raise ValueError("identities_per_batch samples identities at random; it cannot be used with shuffle=False")
+    n_ids = len(np.unique(images.labels))
+    if n_ids < p * world_size:
+        raise ValueError(f"identities_per_batch {p} x world_size {world_size} needs {p * world_size} identities per "
+                         f"global batch, but the images have only {n_ids}")
+
+
 def _channel_tuple(name: str, value, n_channels: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)))
     if len(values) != n_channels or not all(np.isfinite(values)):
@@ -159,6 +211,12 @@ class ImageLoader:
     slices (``np.array_split``), so N processes with ``batch_size`` see exactly the images, augmented alike, that one
     process sees with ``N * batch_size``.
 
+    identities_per_batch: P for P x K identity sampling (triplet training, re-identification): every batch holds
+        P distinct identities (``images.labels``) x K = ``batch_size // P`` images each (:func:`pk_order`), the
+        epoch ending when fewer than P identities have images left (so ``drop_last`` does not apply and every
+        batch is full). ``batch_size`` must be a multiple of P; under DDP the global batch holds
+        ``P * world_size`` identities, each rank P whole ones, so the sharding rule above holds unchanged (one
+        process with ``N * batch_size`` and ``N * P`` sees what N ranks see). None (default): plain shuffling.
     augment: an :class:`Augment` for training (:func:`standard_augment` gives each benchmark's usual one), None
         for evaluation.
     mean, std: per-channel normalisation in units of ``pixel / 255``; None computes them from ``images``
@@ -190,11 +248,14 @@ class ImageLoader:
         augment: Augment | None = None,
         mean=None,
         std=None,
+        identities_per_batch: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if identities_per_batch is not None:
+            _check_pk(images, batch_size, identities_per_batch, world_size, shuffle)
         if (mean is None) != (std is None):
             raise InputError("mean" if mean is None else "std", "give both mean and std, or neither (computed)")
         n_channels = images.images.shape[-1]
@@ -203,6 +264,7 @@ class ImageLoader:
         self.mean, self.std = _channel_tuple("mean", mean, n_channels), _channel_tuple("std", std, n_channels)
         self.images, self.batch_size, self.shuffle, self.seed = images, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.identities_per_batch = identities_per_batch
         self.augment = augment if augment is not None and augment.active else None
         self.epoch = 0
         self._plan_key, self._plan = None, None
@@ -211,14 +273,23 @@ class ImageLoader:
         self.epoch = epoch
 
     def order(self) -> np.ndarray:
-        """(N,) the image indices of this epoch, in visiting order."""
+        """The image indices of this epoch, in visiting order: (N,), or with P x K sampling
+        (n_batches * batch_size * world_size,) from :func:`pk_order` (global batches of ``P * world_size``
+        identities)."""
         n = len(self.images)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.identities_per_batch is not None:
+            p = self.identities_per_batch
+            return pk_order(self.images.labels, p * self.world_size, self.batch_size // p, rng)
+        return rng.permutation(n) if self.shuffle else np.arange(n)
 
     def plan(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """This epoch's ``(order, dy, dx, flip)``, each (N,) and indexed by position in the order (the last three
-        None without augmentation): image ``order[k]`` is cropped at ``(dy[k], dx[k])`` and flipped if ``flip[k]``."""
-        key = (self.seed, self.epoch, self.shuffle, self.augment, len(self.images))
+        """This epoch's ``(order, dy, dx, flip)``, each (N,) (P x K sampling: the length of the order) and indexed by
+        position in the order (the last three None without augmentation): image ``order[k]`` is cropped at
+        ``(dy[k], dx[k])`` and flipped if ``flip[k]``."""
+        pk = None if self.identities_per_batch is None else (self.identities_per_batch * self.world_size,
+                                                                self.batch_size // self.identities_per_batch)
+        key = (self.seed, self.epoch, self.shuffle, self.augment, len(self.images), pk)
         if self._plan_key != key:
             order, dy, dx, flip = self.order(), None, None, None
             if self.augment is not None:
@@ -232,7 +303,7 @@ class ImageLoader:
     def _global_batches(self) -> list[tuple[int, int]]:
         """``[start, stop)`` positions in the epoch's order of each global batch."""
         size = self.batch_size * self.world_size
-        n = len(self.images)
+        n = len(self.images) if self.identities_per_batch is None else len(self.plan()[0])
         bounds = [(start, start + size) for start in range(0, n - size + 1, size)]
         if not self.drop_last and n % size >= self.world_size:
             bounds.append((n - n % size, n))
@@ -240,6 +311,8 @@ class ImageLoader:
 
     def __len__(self) -> int:
         size = self.batch_size * self.world_size
+        if self.identities_per_batch is not None:
+            return len(self.plan()[0]) // size
         n_full, rest = divmod(len(self.images), size)
         return n_full + int(not self.drop_last and rest >= self.world_size)
 
@@ -265,4 +338,4 @@ class ImageLoader:
 
 
 __all__ = ["STANDARD_AUGMENT", "Augment", "ImageBatch", "ImageLoader", "channel_stats", "crop_flip", "normalize",
-           "standard_augment"]
+           "pk_order", "standard_augment"]

@@ -37,15 +37,14 @@ from tqdm.auto import tqdm
 
 from jetkd import __version__, lorentz
 from jetkd.config import TrainJob, to_dict
-from jetkd.contract import training_contract
-from jetkd.data.cache import JetCache
-from jetkd.data.loader import JetBatch, JetLoader
+from jetkd.data.loader import JetBatch
 from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
 from jetkd.errors import InputError
 from jetkd.evaluate import count_parameters, predict
 from jetkd.models import build_model
 from jetkd.rundir import OutputFolder
 from jetkd.train import distributed
+from jetkd.train.data import open_training_data
 from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
 from jetkd.train.schedule import lr_factor
 
@@ -101,20 +100,18 @@ class Trainer:
     def _build(self, resume: bool) -> None:
         job, cfg = self.job, self.job.train
         torch.manual_seed(cfg.seed)
-        self.train_cache = _open_cache(job.data.train, "data.train", job.data.in_memory)
-        self.val_cache = _open_cache(job.data.val, "data.val", True)
-        self.loader = JetLoader(
-            self.train_cache, cfg.batch_size, seed=cfg.seed, drop_last=True,
+        self.data = open_training_data(job)  # jets or images (jetkd.train.data)
+        self.loader = self.data.loader(
+            cfg.batch_size, seed=cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size,
         )
         if len(self.loader) == 0:
-            raise InputError("train.batch_size", f"{cfg.batch_size} x {self.env.world_size} processes exceeds the {len(self.train_cache)} training jets")
+            raise InputError("train.batch_size", f"{cfg.batch_size} x {self.env.world_size} processes exceeds the {len(self.data)} training examples")
         self.method = build_method(job.distill)
         self.model_spec = self.method.train_spec(job.model)
         self.model = build_model(self.model_spec).to(self.env.device)
-        for data in (self.train_cache, self.val_cache):
-            data.require_classes(self.model.n_class, f"model {job.model['name']!r} (n_class)")
-        self.contract = training_contract(job.model, self.model, self.train_cache, self.val_cache)  # model: at save
+        self.data.require_classes(self.model.n_class, f"model {job.model['name']!r} (n_class)")
+        self.contract = self.data.contract(job.model, self.model)  # its model: the deploy form, at save
         self.teacher = self._load_teacher() if self.method.needs_teacher else None
         self._setup_sample = self._teacher_on_sample = None  # set-up only, made when first needed
         self._setup_method()
@@ -130,7 +127,7 @@ class Trainer:
         )
         steps, epochs = len(self.loader), cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(job.schedule, s, steps, epochs))
-        self.step_module = DistillStep(self.model, self.method, self.student_recorder)
+        self.step_module = DistillStep(self.model, self.method, self.student_recorder, self.data.inputs)
         self.net = self.step_module
         if self.env.world_size > 1:  # method modules unused in some phases (FitNets stage 1, curriculum heads)
             self.net = DistributedDataParallel(self.step_module, find_unused_parameters=any(True for _ in self.method.parameters()))
@@ -181,7 +178,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             with self.student_recorder:
-                self.model(sample.p4, sample.mask)
+                self.model(*self.data.inputs(sample))
             teacher_taps = self._sample_teacher_outputs()[1] if self.teacher is not None else {}
             m.setup(self.model, self.teacher, self.student_recorder.taps, teacher_taps)
         self.model.train()
@@ -190,18 +187,18 @@ class Trainer:
     def _teacher_cacheable(self) -> bool:
         """Teacher outputs can be computed once when inputs are never augmented and they fit in
         ``TEACHER_CACHE_BYTES`` (per-constituent taps are stored for every constituent slot of the cache)."""
-        if self.teacher is None or self.job.train.boost_beta_max > 0:
+        if self.teacher is None or self.job.train.boost_beta_max > 0 or self.data.augmented:
             return False
         logits, taps = self._sample_teacher_outputs()
-        slots = self.train_cache.max_particles
-        per_jet = logits.shape[1] + sum(t.dim * (slots if t.per_constituent else 1) for t in taps.values())
-        return 4 * per_jet * len(self.train_cache) <= TEACHER_CACHE_BYTES
+        slots = self.data.slots
+        per_jet = logits.shape[1] + sum(t.value[0].numel() if t.spatial else t.dim * (slots if t.per_constituent else 1)
+                                        for t in taps.values())
+        return 4 * per_jet * len(self.data) <= TEACHER_CACHE_BYTES
 
     def _sample(self) -> JetBatch:
-        """The first (up to) 64 training jets, in file order, read once: what set-up looks at."""
+        """The first (up to) 64 training jets (or images), in file order, read once: what set-up looks at."""
         if self._setup_sample is None:
-            loader = JetLoader(self.train_cache, min(len(self.train_cache), 64), shuffle=False)
-            self._setup_sample = self._to_device(next(iter(loader)))
+            self._setup_sample = self._to_device(self.data.sample(64))
         return self._setup_sample
 
     def _sample_teacher_outputs(self) -> tuple[torch.Tensor, dict[str, Tap]]:
@@ -213,13 +210,13 @@ class Trainer:
     def _teacher_outputs(self, batch: JetBatch) -> tuple[torch.Tensor, dict[str, Tap]]:
         """Teacher logits (B, n_class) float32 and the teacher taps the method reads."""
         with torch.no_grad(), self._autocast(), self.teacher_recorder:
-            logits = self.teacher(batch.p4, batch.mask).float()
+            logits = self.teacher(*self.data.inputs(batch)).float()
         return logits, {k: Tap(t.value.float(), t.mask) for k, t in self.teacher_recorder.taps.items()}
 
     def _cached_tap(self, path: str, batch: JetBatch) -> Tap:
         """The batch's rows of a cached teacher tap; per constituent: cut to the batch's padding, with its mask."""
         value = self.teacher_cache[path][batch.index]
-        if value.dim() == 2:
+        if value.dim() != 3:  # per jet (B, C) or a feature map (B, C, H, W)
             return Tap(value)
         return Tap(value[:, : batch.mask.shape[1]], batch.mask)
 
@@ -227,17 +224,15 @@ class Trainer:
         """Teacher logits (n_train, n_class) and taps, (n_train, C) per jet or (n_train, max_particles, C) per
         constituent (0 on padding), for every training jet, computed once and stored beside the teacher
         checkpoint (keyed by the cache file and the taps), so that every student of that teacher reuses them."""
-        cache_path = Path(self.job.data.train).resolve()
-        stat = cache_path.stat()
         taps = ",".join(self.method.teacher_taps)
-        key = hashlib.sha1(f"{cache_path}:{stat.st_size}:{stat.st_mtime_ns}:{taps}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{self.data.identity()}:{taps}".encode()).hexdigest()[:16]
         teacher_path = Path(self.job.distill.teacher)
         store = (teacher_path if teacher_path.is_dir() else teacher_path.parent) / f"teacher_outputs_{key}.pt"
         if store.exists():
             return torch.load(store, map_location=self.env.device, weights_only=True)
-        loader = JetLoader(self.train_cache, self.job.train.eval_batch_size, shuffle=False)
+        loader = self.data.train_batches(self.job.train.eval_batch_size)
         parts: dict[str, list[torch.Tensor]] = {}
-        slots = self.train_cache.max_particles
+        slots = self.data.slots
         for batch in map(self._to_device, loader):
             logits, taps = self._teacher_outputs(batch)
             padded = {p: F.pad(t.value * t.mask[..., None], (0, 0, 0, slots - t.value.shape[1])) if t.per_constituent
@@ -343,8 +338,8 @@ class Trainer:
         not finite: ``val_nonfinite`` counts them)."""
         from jetkd.evaluate.metrics import validation_metrics
 
-        loader = JetLoader(self.val_cache, self.job.train.eval_batch_size, shuffle=False)
-        scores, labels = predict(self.model, loader, device=self.env.device)
+        loader = self.data.val_batches(self.job.train.eval_batch_size)
+        scores, labels = predict(self.model, loader, device=self.env.device, inputs=self.data.inputs)
         self.model.train()
         return validation_metrics(scores, labels)
 
@@ -447,12 +442,13 @@ class Trainer:
             self.folder.touch()
 
     def _pace(self, jets: int, t0: float) -> str:
-        """``1234 jets/s  elapsed 0:05:12  eta 1:02:13``: this epoch's rate; elapsed and ETA of this process's run."""
+        """``1234 jets/s  elapsed 0:05:12  eta 1:02:13`` (or images/s): this epoch's rate; elapsed and ETA of this
+        process's run."""
         now = time.perf_counter()
         elapsed, steps = now - self._clock["start"], self._clock["steps"]
         remaining = self.job.train.epochs * len(self.loader) - self.global_step
         eta = elapsed / steps * remaining if steps else float("nan")
-        return f"{jets / max(now - t0, 1e-9):.0f} jets/s  elapsed {_hms(elapsed)}  eta {_hms(eta)}"
+        return f"{jets / max(now - t0, 1e-9):.0f} {self.data.kind}/s  elapsed {_hms(elapsed)}  eta {_hms(eta)}"
 
     def _update_best(self, record: dict) -> None:
         metric = self.best["metric"]
@@ -502,15 +498,16 @@ class Trainer:
 
 class DistillStep(torch.nn.Module):
     """Student forward plus the method's loss as one module, so DDP sees every parameter the loss reaches
-    (the method's heads and transforms too). forward(batch, teacher_logits, teacher_taps) -> (loss, parts)."""
+    (the method's heads and transforms too). forward(batch, teacher_logits, teacher_taps) -> (loss, parts);
+    ``inputs(batch)`` gives the model's arguments (jets: p4, mask; images: the images)."""
 
-    def __init__(self, student: torch.nn.Module, method: Method, recorder: TapRecorder):
+    def __init__(self, student: torch.nn.Module, method: Method, recorder: TapRecorder, inputs):
         super().__init__()
-        self.student, self.method, self.recorder = student, method, recorder
+        self.student, self.method, self.recorder, self.inputs = student, method, recorder, inputs
 
     def forward(self, batch: JetBatch, teacher_logits, teacher_taps: dict) -> tuple[torch.Tensor, dict]:
         with self.recorder:
-            logits = self.student(batch.p4, batch.mask)
+            logits = self.student(*self.inputs(batch))
         taps = {k: Tap(t.value.float(), t.mask) for k, t in self.recorder.taps.items()}
         return self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits, taps, teacher_taps))
 
@@ -538,11 +535,3 @@ def _hms(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _open_cache(path: str, key: str, in_memory: bool) -> JetCache:
-    if not path:
-        raise InputError(key, "no cache file given (a split written by `jetkd convert`)")
-    if not Path(path).is_file():
-        raise InputError(key, f"{path}: no such file")
-    return JetCache(path, in_memory=in_memory).require_labels()

@@ -1,0 +1,152 @@
+"""What the trainer trains on: jets (cache files) or images (an image dataset), behind one small interface.
+
+    data = open_training_data(job, env)        # JetData or ImageData, by job.data
+    data.loader(batch_size, seed=..., rank=..., world_size=...)   # seeded, shardable, resumable: set_epoch, iter_from
+    data.val_batches(batch_size)               # validation batches, in order
+    data.sample(64)                            # the first jets/images in file order, unaugmented (set-up)
+    model(*data.inputs(batch))                 # jets: (p4, mask); images: (images,)
+
+``augmented`` says whether training inputs change from epoch to epoch (image crops and flips; jet boosts are the
+trainer's, :attr:`jetkd.config.TrainConfig.boost_beta_max`): teacher outputs are cached once per training set only
+when they do not. ``contract(spec, model)`` is the input contract stored in checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jetkd.errors import InputError
+
+
+class JetData:
+    """Jet caches (``data.train``, ``data.val``); batches are :class:`~jetkd.data.loader.JetBatch`."""
+
+    kind = "jets"
+    augmented = False
+
+    def __init__(self, job):
+        self.train = _open_cache(job.data.train, "data.train", job.data.in_memory)
+        self.val = _open_cache(job.data.val, "data.val", True)
+        self.slots = self.train.max_particles  # per-constituent taps are cached over this many slots
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def require_classes(self, n_class: int, where: str) -> None:
+        for cache in (self.train, self.val):
+            cache.require_classes(n_class, where)
+
+    def loader(self, batch_size: int, **kwargs):
+        from jetkd.data.loader import JetLoader
+
+        return JetLoader(self.train, batch_size, drop_last=True, **kwargs)
+
+    def val_batches(self, batch_size: int):
+        from jetkd.data.loader import JetLoader
+
+        return JetLoader(self.val, batch_size, shuffle=False)
+
+    def sample(self, n: int):
+        from jetkd.data.loader import JetLoader
+
+        return next(iter(JetLoader(self.train, min(len(self.train), n), shuffle=False)))
+
+    def train_batches(self, batch_size: int):
+        """Every training jet once, in file order, unaugmented (teacher outputs cached once)."""
+        from jetkd.data.loader import JetLoader
+
+        return JetLoader(self.train, batch_size, shuffle=False)
+
+    @staticmethod
+    def inputs(batch) -> tuple:
+        return batch.p4, batch.mask
+
+    def contract(self, spec: dict, model):
+        from jetkd.contract import training_contract
+
+        return training_contract(spec, model, self.train, self.val)
+
+    def identity(self) -> str:
+        """The training file (path, size, time): keys cached teacher outputs."""
+        stat = Path(self.train.path).resolve().stat()
+        return f"{Path(self.train.path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class ImageData:
+    """An image dataset (``data.images`` and its splits); batches are :class:`~jetkd.images.loader.ImageBatch`.
+    Training batches carry the benchmark's standard augmentation (:func:`jetkd.images.loader.standard_augment`);
+    validation is normalised with the training set's channel statistics."""
+
+    kind = "images"
+    slots = 0
+
+    def __init__(self, job):
+        from jetkd.images import read_images
+        from jetkd.images.loader import channel_stats, standard_augment
+
+        d = job.data
+        self.path, self.options = d.images, dict(d.image_options)
+        self.splits = {"train": d.train or "train", "val": d.val or "test"}
+        self.train = read_images(d.images, self.splits["train"], **self.options)
+        self.val = read_images(d.images, self.splits["val"], **self.options)
+        self.augment = standard_augment(self.train.format)
+        self.augmented = self.augment.active
+        self.mean, self.std = channel_stats(self.train.images)
+
+    def __len__(self) -> int:
+        return len(self.train.labels)
+
+    def require_classes(self, n_class: int, where: str) -> None:
+        for split, images in (("train", self.train), ("val", self.val)):
+            top = int(images.labels.max()) if len(images.labels) else -1
+            if top >= n_class:
+                raise InputError(f"{self.path}:{self.splits[split]}", f"labels reach class index {top} but {where} "
+                                                                      f"has {n_class} classes; expected n_class >= {top + 1}")
+
+    def loader(self, batch_size: int, **kwargs):
+        from jetkd.images.loader import ImageLoader
+
+        return ImageLoader(self.train, batch_size, drop_last=True, augment=self.augment, mean=self.mean,
+                           std=self.std, **kwargs)
+
+    def val_batches(self, batch_size: int):
+        from jetkd.images.loader import ImageLoader
+
+        return ImageLoader(self.val, batch_size, shuffle=False, mean=self.mean, std=self.std)
+
+    def train_batches(self, batch_size: int):
+        from jetkd.images.loader import ImageLoader
+
+        return ImageLoader(self.train, batch_size, shuffle=False, mean=self.mean, std=self.std)
+
+    def sample(self, n: int):
+        import numpy as np
+
+        return self.train_batches(n).batch(np.arange(min(n, len(self))))
+
+    @staticmethod
+    def inputs(batch) -> tuple:
+        return (batch.images,)
+
+    def contract(self, spec: dict, model):
+        from jetkd.contract import ImageContract
+
+        return ImageContract.of(spec, model, self)
+
+    def identity(self) -> str:
+        return f"{Path(self.path).resolve() if self.path != 'digits' else 'digits'}:{self.splits['train']}:{self.options}"
+
+
+def open_training_data(job):
+    """:class:`ImageData` when ``job.data.images`` is set, else :class:`JetData`."""
+    return ImageData(job) if job.data.images else JetData(job)
+
+
+def _open_cache(path: str, key: str, in_memory: bool):
+    from jetkd.data.cache import JetCache
+
+    if not path:
+        raise InputError(key, "no cache file given (a split written by `jetkd convert`)")
+    if not Path(path).is_file():
+        raise InputError(key, f"{path}: no such file")
+    return JetCache(path, in_memory=in_memory).require_labels()

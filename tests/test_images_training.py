@@ -1,0 +1,131 @@
+"""Image models through jetkd's trainer, methods, run folders and reports: the images quickstart (shrunk), exact
+resume with augmentation, KD with an augmenting loader, DDP, `jetkd evaluate` on image runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import jetkd
+from jetkd.cli import main
+from jetkd.config import load_job
+from jetkd.errors import InputError
+from jetkd.pipeline import load_pipeline, run_pipeline
+from jetkd.config import shipped_config
+from jetkd.train.checkpoint import load_checkpoint
+from jetkd.train.loop import Preempted, Trainer
+
+TINY_CIFAR_NET = {"name": "cifar_resnet", "depth": 8, "widths": [4, 4, 8, 8], "n_class": 10}
+
+
+def write_cifar10_bin(folder, per_batch=24, seed=0):
+    """A miniature CIFAR-10 binary folder (5 training batches, 1 test batch of ``per_batch`` images): records of
+    one label byte and 3072 channel-major pixel bytes. Class c is brighter in channel c % 3, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, per_batch, dtype=np.uint8)
+        pixels = rng.integers(0, 120, (per_batch, 3, 32, 32), dtype=np.uint8)
+        pixels[np.arange(per_batch), labels % 3] += np.uint8(100)
+        np.concatenate([labels[:, None], pixels.reshape(per_batch, -1)], 1).tofile(folder / name)
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return write_cifar10_bin(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-bin")
+
+
+def image_job(run_dir, data, **sections):
+    job = {"run_dir": str(run_dir), "data": {"images": str(data)}, "model": TINY_CIFAR_NET,
+           "train": {"epochs": 2, "batch_size": 16, "seed": 4}, "optim": {"lr": 3e-3}}
+    job.update(sections)
+    return load_job(data=job)
+
+
+def test_images_quickstart_trains_every_method_and_reports(tmp_path, capsys):
+    run = tmp_path / "iq"
+    pipe = load_pipeline(shipped_config("images_quickstart.yaml"),
+                         [f"run_dir={run}", "teacher.train.epochs=3", "student_defaults.train.epochs=4",
+                          "students.student_fitnets.distill.fitnets.stage1_epochs=1",
+                          "students.student_norm.distill.norm.beta_warmup_epochs=1",
+                          "students.student_curriculum.distill.curriculum.phase_epochs=[1,1]"])
+    run_pipeline(pipe, progress=False)
+    report = json.loads((run / "report.json").read_text())
+    names = ["teacher", "student", "student_kd", "student_fitnets", "student_norm", "student_curriculum"]
+    assert list(report["models"]) == names[: len(report["models"])] and set(names) <= set(report["models"])
+    teacher = report["models"]["teacher"]
+    assert teacher["metrics"]["n_images"] == 359 and teacher["metrics"]["accuracy"] > 0.8
+    lo, hi = teacher["metrics"]["accuracy_interval"]
+    assert lo < teacher["metrics"]["accuracy"] < hi
+    assert 0 < teacher["retrieval"]["mAP"] <= 1 and teacher["retrieval"]["n_query"] == 359
+    assert report["models"]["student"]["parameters"] == 1442
+    contract = load_checkpoint(run / "student_norm")["contract"]
+    assert contract["kind"] == "images" and contract["image_shape"] == [8, 8, 1] and len(contract["mean"]) == 1
+    assert "| student_norm | 1,442 |" in (run / "report.md").read_text()
+    # jetkd evaluate on image runs; jetkd.load is for jet taggers
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "teacher"), str(run / "student"), "--data", "digits", "--out", str(out),
+                 "--bootstrap", "50"]) == 0
+    assert set(json.loads((out / "report.json").read_text())["models"]) == {"teacher", "student"}
+    with pytest.raises(InputError, match="an image model"):
+        jetkd.load(run / "student")
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "teacher"), "--data", "digits", "--split", "val", "--out", str(out)]) == 2
+    assert "val" in capsys.readouterr().err
+
+
+def test_augmented_image_training_resumes_exactly(cifar, tmp_path, monkeypatch):
+    Trainer(image_job(tmp_path / "full", cifar), progress=False).fit()
+    real = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        out = real(self, batch)
+        if self.global_step == 10:  # epoch 2 (7 steps per epoch), mid-way
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted):
+        Trainer(image_job(tmp_path / "killed", cifar), progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    trainer = Trainer(image_job(tmp_path / "killed", cifar), resume=True, progress=False)
+    assert trainer.data.augmented and trainer.data.augment.pad == 4 and trainer.data.augment.flip
+    trainer.fit()
+    full, killed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("full", "killed"))
+    for key in full["model"]:
+        torch.testing.assert_close(full["model"][key], killed["model"][key], rtol=0, atol=0, msg=key)
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "killed" / "metrics.jsonl").read_text()
+
+
+def test_kd_and_fitnets_on_augmented_images_run_the_teacher_each_step(cifar, tmp_path):
+    Trainer(image_job(tmp_path / "teacher", cifar), progress=False).fit()
+    for distill in ({"method": "kd", "temperature": 4.0, "alpha": 0.9},
+                    {"method": "fitnets", "temperature": 4.0, "fitnets": {"hint": "layer2", "guided": "layer2",
+                                                                          "stage1_epochs": 1}}):
+        distill["teacher"] = str(tmp_path / "teacher" / "best.pt")
+        trainer = Trainer(image_job(tmp_path / distill["method"], cifar, distill=distill), progress=False)
+        assert trainer.teacher_cache is None  # crops and flips differ every epoch: no cached teacher outputs
+        trainer.fit()
+        records = [json.loads(x) for x in (tmp_path / distill["method"] / "metrics.jsonl").read_text().splitlines()]
+        assert len(records) == 2 and all(np.isfinite(r["train_loss"]) for r in records)
+    assert (tmp_path / "fitnets" / "metrics.jsonl").read_text().splitlines()[0].count('"phase": "hint"') == 1
+
+
+def test_image_training_under_torchrun(cifar, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "ddp"), "data": {"images": str(cifar)},
+                                      "model": TINY_CIFAR_NET, "train": {"epochs": 1, "batch_size": 8}}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "jetkd", "train",
+           str(config)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["global_step"] == 7 and ckpt["contract"]["kind"] == "images"  # 120 images / (8 x 2 ranks)
