@@ -51,6 +51,7 @@ class DataConfig:
     in_memory: bool = True  # jets: False streams blocks from disk (datasets larger than RAM)
     images: str = ""  # an image dataset instead of jet caches
     image_options: dict = field(default_factory=dict)  # read_images options, e.g. {labels: coarse}, {size: [128, 128]}
+    identities_per_batch: int = 0  # re-identification: P identities x K = batch_size / P images per batch (0: off)
 
 
 @dataclass
@@ -336,6 +337,7 @@ JOB_CHECKS: dict[str, Check] = {
     "train.batch_size": COUNT,
     "train.eval_batch_size": COUNT,
     "train.seed": NATURAL,
+    "data.identities_per_batch": NATURAL,
     "train.grad_clip": NON_NEGATIVE,
     "train.checkpoint_every": NATURAL,
     "train.select_by": one_of("val_acc", "val_auc", "val_loss"),

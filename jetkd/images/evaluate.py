@@ -50,7 +50,7 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / len(images)
 
 
-def embeddings(model: nn.Module, loader) -> np.ndarray:
+def embeddings(model: nn.Module, loader, device="cpu") -> np.ndarray:
     """(N, D) float32: ``model.embed(images)`` if the model has it, else the input of its ``classifier``."""
     out = []
     was_training = model.training
@@ -58,16 +58,17 @@ def embeddings(model: nn.Module, loader) -> np.ndarray:
     try:
         with torch.no_grad():
             for batch in loader:
+                images = batch.images.to(device)
                 if hasattr(model, "embed"):
-                    out.append(model.embed(batch.images))
+                    out.append(model.embed(images).cpu())
                     continue
                 captured = []
                 handle = model.classifier.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
                 try:
-                    model(batch.images)
+                    model(images)
                 finally:
                     handle.remove()
-                out.append(captured[0])
+                out.append(captured[0].cpu())
     finally:
         model.train(was_training)
     return torch.cat(out).float().numpy()
@@ -88,6 +89,12 @@ def evaluate_image_model(model: nn.Module, contract: dict, data: str, split: str
     if shape != list(contract["image_shape"]):
         raise InputError(f"{data}:{split}", f"images of shape {shape}; the model was trained on {contract['image_shape']}")
     loader = ImageLoader(images, batch_size, shuffle=False, mean=contract["mean"], std=contract["std"])
+    entry = {"parameters": count_parameters(model), "split": split,
+             "flops_per_image": flops_per_image(model, next(iter(loader)).images[:8])}
+    if images.format == "veri":  # test vehicles are not training classes: retrieval only
+        entry["metrics"] = {"accuracy": None, "accuracy_interval": [None, None], "n_images": len(images.labels)}
+        entry["retrieval"] = _retrieval(model, images, loader, data, options, contract)
+        return entry
     scores, labels = predict(model, loader, inputs=lambda b: (b.images,))
     finite = np.isfinite(scores).all(1)
     correct = int(((scores.argmax(1) == labels) & finite).sum()) if len(labels) else 0
@@ -95,8 +102,7 @@ def evaluate_image_model(model: nn.Module, contract: dict, data: str, split: str
     metrics = {"accuracy": correct / n if n and finite.all() else float("nan"),
                "accuracy_interval": accuracy_interval(correct, n, n_bootstrap) if finite.all() else [float("nan")] * 2,
                "n_images": n, "n_nonfinite": int((~finite).sum()), "n_bootstrap": n_bootstrap}
-    entry = {"metrics": metrics, "parameters": count_parameters(model),
-             "flops_per_image": flops_per_image(model, next(iter(loader)).images[:8]), "split": split}
+    entry["metrics"] = metrics
     if retrieval:
         entry["retrieval"] = _retrieval(model, images, loader, data, options, contract)
     return entry
@@ -163,7 +169,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, e in report["models"].items():
         m, r = e["metrics"], e.get("retrieval") or {}
-        lo, hi = m["accuracy_interval"]
+        lo, hi = (None, None) if m["accuracy"] is None else m["accuracy_interval"]
         lines.append(f"| {name} | {e['parameters']:,} | {e['flops_per_image'] / 1e6:.3f} | {_pct(m['accuracy'])} "
                      f"[{_pct(lo)}, {_pct(hi)}] | {_pct(r.get('mAP'))} | {_pct(r.get('rank1'))} | "
                      f"{_pct(r.get('rank5'))} |")
@@ -175,5 +181,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Over seeds", "", "| models | seeds | top-1 % (mean ± std) |", "|---|---|---|"]
         for g in report["summary"]:
             a = g["metrics"]["accuracy"]
+            if not np.isfinite(a["mean"]):
+                continue
             lines.append(f"| {g['label']} | {g['n_seeds']} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} |")
     return "\n".join(lines) + "\n"

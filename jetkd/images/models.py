@@ -176,16 +176,19 @@ class BasicBlock(nn.Module):
 
     x (B, c_in, H, W) -> relu(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x)): (B, planes, H / stride, W / stride).
     conv1 carries the stride; ``shortcut`` projects (1x1 conv + BN) when stride or width changes, else Identity.
+    ``width``: the inner width (conv1's output channels = bn1's = conv2's input channels; default ``planes``),
+    e.g. of a channel-pruned block (:mod:`jetkd.distill.cdd_conv`).
     """
 
     expansion = 1
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1):
+    def __init__(self, c_in: int, planes: int, stride: int = 1, width: int | None = None):
         super().__init__()
-        self.conv1 = conv3x3(c_in, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        width = planes if width is None else width
+        self.conv1 = conv3x3(c_in, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu1 = nn.ReLU()
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(width, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = projection(c_in, planes, stride) if stride != 1 or c_in != planes else nn.Identity()
         self.relu = nn.ReLU()
@@ -225,11 +228,25 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def make_stage(block: type[nn.Module], c_in: int, planes: int, n_blocks: int, stride: int) -> nn.Sequential:
-    """``n_blocks`` blocks; the first changes width and carries ``stride``. Paths ``<stage>.<i>``."""
-    blocks = [block(c_in, planes, stride)]
-    blocks += [block(planes * block.expansion, planes, 1) for _ in range(n_blocks - 1)]
+def make_stage(block: type[nn.Module], c_in: int, planes: int, n_blocks: int, stride: int,
+               widths: Sequence[int] | None = None) -> nn.Sequential:
+    """``n_blocks`` blocks; the first changes width and carries ``stride``. Paths ``<stage>.<i>``.
+    ``widths``: the inner width of every block (``n_blocks`` ints, a ``width`` argument of ``block``), or None."""
+    extra = [{}] * n_blocks if widths is None else [{"width": int(w)} for w in widths]
+    blocks = [block(c_in, planes, stride, **extra[0])]
+    blocks += [block(planes * block.expansion, planes, 1, **extra[i]) for i in range(1, n_blocks)]
     return nn.Sequential(*blocks)
+
+
+def split_block_widths(block_widths: Sequence[int] | None, layers: Sequence[int]) -> list[list[int] | None]:
+    """``block_widths`` (one int per residual block, in forward order) split into one list per stage (``layers``
+    blocks each); a list of None when ``block_widths`` is None."""
+    if block_widths is None:
+        return [None] * len(layers)
+    if len(block_widths) != sum(layers) or any(int(w) < 1 for w in block_widths):
+        raise ValueError(f"block_widths needs {sum(layers)} positive ints (one per residual block), got {tuple(block_widths)}")
+    starts = [sum(layers[:k]) for k in range(len(layers) + 1)]
+    return [[int(w) for w in block_widths[a:b]] for a, b in zip(starts, starts[1:])]
 
 
 def init_resnet_(model: nn.Module) -> None:
@@ -267,23 +284,29 @@ class CifarResNet(nn.Module):
     features are the input of ``layer<k>.<last>.relu``). ``pool`` is CRD's ``feat[-1]``, the representation
     CRD / NORM distil. Deviation: RepDistiller pools with a fixed ``AvgPool2d(8)``, equal to global pooling for
     32x32 inputs only.
+
+    ``block_widths``: the inner width (conv1 / bn1 / conv2's input channels) of each of the 3n BasicBlocks, in
+    forward order (``layer1.0`` .. ``layer3.<n-1>``); None: each block's ``planes`` (the architecture above).
+    The residual stream (stem, stage widths, shortcuts, conv2's outputs) keeps ``widths``. A CDD-pruned student
+    is this class with narrower blocks (:mod:`jetkd.distill.cdd_conv`).
     """
 
     def __init__(self, depth: int = 32, widths: Sequence[int] = (16, 16, 32, 64), n_class: int = 100,
-                 in_channels: int = 3):
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 56, 110, ...), got {depth}")
         if len(widths) != 4:
             raise ValueError(f"widths must give the stem and three stages (4 ints), got {tuple(widths)}")
         n = (depth - 2) // 6
+        inner = split_block_widths(block_widths, (n, n, n))
         self.n_class, self.in_channels, self.depth = n_class, in_channels, depth
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
-        self.layer1 = make_stage(BasicBlock, widths[0], widths[1], n, 1)
-        self.layer2 = make_stage(BasicBlock, widths[1], widths[2], n, 2)
-        self.layer3 = make_stage(BasicBlock, widths[2], widths[3], n, 2)
+        self.layer1 = make_stage(BasicBlock, widths[0], widths[1], n, 1, inner[0])
+        self.layer2 = make_stage(BasicBlock, widths[1], widths[2], n, 2, inner[1])
+        self.layer3 = make_stage(BasicBlock, widths[2], widths[3], n, 2, inner[2])
         self.pool = GlobalPool("avg")
         self.feature_dim = widths[3]
         self.classifier = nn.Linear(self.feature_dim, n_class)
@@ -302,8 +325,8 @@ class ResNet8x4(CifarResNet):
     (CRD / NORM tables: 1.23M). The usual student of ``resnet32x4``."""
 
     def __init__(self, depth: int = 8, widths: Sequence[int] = (32, 64, 128, 256), n_class: int = 100,
-                 in_channels: int = 3):
-        super().__init__(depth, widths, n_class, in_channels)
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
 
 
 class ResNet32x4(CifarResNet):
@@ -311,24 +334,24 @@ class ResNet32x4(CifarResNet):
     (CRD / NORM tables: 7.43M)."""
 
     def __init__(self, depth: int = 32, widths: Sequence[int] = (32, 64, 128, 256), n_class: int = 100,
-                 in_channels: int = 3):
-        super().__init__(depth, widths, n_class, in_channels)
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
 
 
 class ResNet20(CifarResNet):
     """RepDistiller's ``resnet20``: depth 20, widths (16, 16, 32, 64); 278,324 parameters at 100 classes (0.28M)."""
 
     def __init__(self, depth: int = 20, widths: Sequence[int] = (16, 16, 32, 64), n_class: int = 100,
-                 in_channels: int = 3):
-        super().__init__(depth, widths, n_class, in_channels)
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
 
 
 class ResNet56(CifarResNet):
     """RepDistiller's ``resnet56``: depth 56, widths (16, 16, 32, 64); 861,620 parameters at 100 classes (0.86M)."""
 
     def __init__(self, depth: int = 56, widths: Sequence[int] = (16, 16, 32, 64), n_class: int = 100,
-                 in_channels: int = 3):
-        super().__init__(depth, widths, n_class, in_channels)
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
 
 
 class ResNet110(CifarResNet):
@@ -336,8 +359,8 @@ class ResNet110(CifarResNet):
     (1.74M)."""
 
     def __init__(self, depth: int = 110, widths: Sequence[int] = (16, 16, 32, 64), n_class: int = 100,
-                 in_channels: int = 3):
-        super().__init__(depth, widths, n_class, in_channels)
+                 in_channels: int = 3, block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
 
 
 # ============================================================================ wide ResNets
@@ -615,6 +638,8 @@ class ReIDResNet(nn.Module):
     Defaults: ResNet-50 (bottleneck, (3, 4, 6, 3), widths (64, 128, 256, 512)), 751 classes (Market-1501
     training identities): backbone 23,508,032 parameters as torchvision's resnet50 without its fc.
     A tiny one for tests: ``ReIDResNet(block="basic", layers=(1, 1, 1, 1), widths=(8, 8, 16, 16), stem_width=8)``.
+    ``block_widths`` (basic blocks only): the inner width of every block in forward order, as in
+    :class:`CifarResNet`; None: each block's ``planes``.
 
     Module paths (shapes for a 256x128 input, ResNet-50):
         conv1, bn1, relu, maxpool   stem                               (B, 64, 64, 32)
@@ -629,8 +654,11 @@ class ReIDResNet(nn.Module):
 
     def __init__(self, n_class: int = 751, block: str = "bottleneck", layers: Sequence[int] = (3, 4, 6, 3),
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, last_stride: int = 1,
-                 in_channels: int = 3, embed_feature: str = "after"):
+                 in_channels: int = 3, embed_feature: str = "after", block_widths: Sequence[int] | None = None,
+                 triplet_margin: float | None = 0.3, triplet_weight: float = 1.0):
         super().__init__()
+        self.triplet_margin, self.triplet_weight = triplet_margin, triplet_weight
+        self._f_t: torch.Tensor | None = None  # the latest training forward's f_t, for auxiliary_loss
         blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
         if block not in blocks:
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -638,6 +666,9 @@ class ReIDResNet(nn.Module):
             raise ValueError("layers and widths need 4 entries (the four stages)")
         if embed_feature not in ("after", "before"):
             raise ValueError(f"embed_feature must be 'after' (post-BN f_i) or 'before' (f_t), got {embed_feature!r}")
+        if block_widths is not None and block != "basic":
+            raise ValueError("block_widths sets the inner width of basic blocks; bottleneck blocks have two")
+        inner = split_block_widths(block_widths, layers)
         kind = blocks[block]
         self.n_class, self.in_channels, self.embed_feature = n_class, in_channels, embed_feature
         self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
@@ -646,7 +677,7 @@ class ReIDResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         c_in = stem_width
         for k, (n, planes, stride) in enumerate(zip(layers, widths, (1, 2, 2, last_stride))):
-            self.add_module(f"layer{k + 1}", make_stage(kind, c_in, planes, n, stride))
+            self.add_module(f"layer{k + 1}", make_stage(kind, c_in, planes, n, stride, inner[k]))
             c_in = planes * kind.expansion
         self.pool = GlobalPool("avg")
         self.feature_dim = c_in
@@ -668,7 +699,19 @@ class ReIDResNet(nn.Module):
         return f_t, self.bottleneck(f_t)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(images)[1])
+        f_t, f_i = self.forward_features(images)
+        self._f_t = f_t if self.training else None
+        return self.classifier(f_i)
+
+    def auxiliary_loss(self, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``triplet_weight`` x the batch-hard triplet loss on f_t of the latest training forward (Luo et al. 2019:
+        ID loss on the BNNeck output, triplet loss before it); the trainer adds it to any method's loss. Batches
+        need several images per identity: train with ``data.identities_per_batch``."""
+        if self._f_t is None or not self.triplet_weight:
+            return torch.zeros(()), {}
+        loss = batch_hard_triplet_loss(self._f_t.float(), labels, self.triplet_margin)
+        self._f_t = None
+        return self.triplet_weight * loss, {"triplet": loss.item()}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The retrieval embedding (B, D): f_i (post-BN) by default, f_t if ``embed_feature == "before"``."""
@@ -682,8 +725,10 @@ class ReIDResNet18(ReIDResNet):
 
     def __init__(self, n_class: int = 751, block: str = "basic", layers: Sequence[int] = (2, 2, 2, 2),
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, last_stride: int = 1,
-                 in_channels: int = 3, embed_feature: str = "after"):
-        super().__init__(n_class, block, layers, widths, stem_width, last_stride, in_channels, embed_feature)
+                 in_channels: int = 3, embed_feature: str = "after", block_widths: Sequence[int] | None = None,
+                 triplet_margin: float | None = 0.3, triplet_weight: float = 1.0):
+        super().__init__(n_class, block, layers, widths, stem_width, last_stride, in_channels, embed_feature,
+                         block_widths, triplet_margin, triplet_weight)
 
 
 def pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -771,8 +816,9 @@ class DigitsResNet(CifarResNet):
     """A tiny :class:`CifarResNet` for 8x8 digits: depth 8, widths (8, 8, 16, 32), 1 channel; stage maps 8x8, 4x4,
     2x2; 19,810 parameters at 10 classes. Same module paths as :class:`CifarResNet`."""
 
-    def __init__(self, depth: int = 8, widths: Sequence[int] = (8, 8, 16, 32), n_class: int = 10, in_channels: int = 1):
-        super().__init__(depth, widths, n_class, in_channels)
+    def __init__(self, depth: int = 8, widths: Sequence[int] = (8, 8, 16, 32), n_class: int = 10, in_channels: int = 1,
+                 block_widths: Sequence[int] | None = None):
+        super().__init__(depth, widths, n_class, in_channels, block_widths)
         self.input_size = (in_channels, 8, 8)
 
 

@@ -6,7 +6,7 @@
     data.sample(64)                            # the first jets/images in file order, unaugmented (set-up)
     model(*data.inputs(batch))                 # jets: (p4, mask); images: (images,)
 
-``augmented`` says whether training inputs change from epoch to epoch (image crops and flips; jet boosts are the
+``data.validate(model, batch_size, device)`` is the validation record of an epoch. ``augmented`` says whether training inputs change from epoch to epoch (image crops and flips; jet boosts are the
 trainer's, :attr:`jetkd.config.TrainConfig.boost_beta_max`): teacher outputs are cached once per training set only
 when they do not. ``contract(spec, model)`` is the input contract stored in checkpoints.
 """
@@ -61,6 +61,9 @@ class JetData:
     def inputs(batch) -> tuple:
         return batch.p4, batch.mask
 
+    def validate(self, model, batch_size: int, device) -> dict:
+        return _classification(model, self.val_batches(batch_size), self.inputs, device)
+
     def contract(self, spec: dict, model):
         from jetkd.contract import training_contract
 
@@ -75,7 +78,12 @@ class JetData:
 class ImageData:
     """An image dataset (``data.images`` and its splits); batches are :class:`~jetkd.images.loader.ImageBatch`.
     Training batches carry the benchmark's standard augmentation (:func:`jetkd.images.loader.standard_augment`);
-    validation is normalised with the training set's channel statistics."""
+    validation is normalised with the training set's channel statistics.
+
+    Re-identification sets (VeRi-776: identities and cameras; training and test identities differ) train with P x K
+    identity batches (``data.identities_per_batch`` = P; the model adds its triplet loss) and validate by retrieval:
+    the query split against the gallery (``val_map``, ``val_rank1``; ``val_acc`` is the rank-1 rate, so
+    ``train.select_by: val_acc`` selects by it)."""
 
     kind = "images"
     slots = 0
@@ -88,7 +96,12 @@ class ImageData:
         self.path, self.options = d.images, dict(d.image_options)
         self.splits = {"train": d.train or "train", "val": d.val or "test"}
         self.train = read_images(d.images, self.splits["train"], **self.options)
+        self.reid = self.train.cameras is not None
+        if self.reid:
+            self.splits.update(val=d.val or "query", gallery="gallery")
+            self.gallery = read_images(d.images, "gallery", **self.options)
         self.val = read_images(d.images, self.splits["val"], **self.options)
+        self.identities_per_batch = d.identities_per_batch
         self.augment = standard_augment(self.train.format)
         self.augmented = self.augment.active
         self.mean, self.std = channel_stats(self.train.images)
@@ -97,7 +110,7 @@ class ImageData:
         return len(self.train.labels)
 
     def require_classes(self, n_class: int, where: str) -> None:
-        for split, images in (("train", self.train), ("val", self.val)):
+        for split, images in (("train", self.train),) if self.reid else (("train", self.train), ("val", self.val)):
             top = int(images.labels.max()) if len(images.labels) else -1
             if top >= n_class:
                 raise InputError(f"{self.path}:{self.splits[split]}", f"labels reach class index {top} but {where} "
@@ -106,8 +119,8 @@ class ImageData:
     def loader(self, batch_size: int, **kwargs):
         from jetkd.images.loader import ImageLoader
 
-        return ImageLoader(self.train, batch_size, drop_last=True, augment=self.augment, mean=self.mean,
-                           std=self.std, **kwargs)
+        pk = {"identities_per_batch": self.identities_per_batch} if self.identities_per_batch else {"drop_last": True}
+        return ImageLoader(self.train, batch_size, augment=self.augment, mean=self.mean, std=self.std, **pk, **kwargs)
 
     def val_batches(self, batch_size: int):
         from jetkd.images.loader import ImageLoader
@@ -128,6 +141,19 @@ class ImageData:
     def inputs(batch) -> tuple:
         return (batch.images,)
 
+    def validate(self, model, batch_size: int, device) -> dict:
+        if not self.reid:
+            return _classification(model, self.val_batches(batch_size), self.inputs, device)
+        from jetkd.images.evaluate import embeddings
+        from jetkd.images.loader import ImageLoader
+        from jetkd.images.retrieval import retrieval_metrics
+
+        q, g = (ImageLoader(s, batch_size, shuffle=False, mean=self.mean, std=self.std) for s in (self.val, self.gallery))
+        r = retrieval_metrics(embeddings(model, q, device), self.val.labels, self.val.cameras,
+                              embeddings(model, g, device), self.gallery.labels, self.gallery.cameras)
+        return {"val_loss": float("nan"), "val_acc": r["rank1"], "val_auc": float("nan"), "val_map": r["mAP"],
+                "val_rank1": r["rank1"], "val_nonfinite": r["n_nonfinite"]}
+
     def contract(self, spec: dict, model):
         from jetkd.contract import ImageContract
 
@@ -135,6 +161,15 @@ class ImageData:
 
     def identity(self) -> str:
         return f"{Path(self.path).resolve() if self.path != 'digits' else 'digits'}:{self.splits['train']}:{self.options}"
+
+
+def _classification(model, batches, inputs, device) -> dict:
+    """Validation loss, accuracy and AUC (NaN, never an error, for non-finite scores)."""
+    from jetkd.evaluate.metrics import validation_metrics
+    from jetkd.evaluate.predict import predict
+
+    scores, labels = predict(model, batches, device=device, inputs=inputs)
+    return validation_metrics(scores, labels)
 
 
 def open_training_data(job):

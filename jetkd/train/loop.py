@@ -40,7 +40,7 @@ from jetkd.config import TrainJob, to_dict
 from jetkd.data.loader import JetBatch
 from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
 from jetkd.errors import InputError
-from jetkd.evaluate import count_parameters, predict
+from jetkd.evaluate import count_parameters
 from jetkd.models import build_model
 from jetkd.rundir import OutputFolder
 from jetkd.train import distributed
@@ -335,13 +335,11 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation loss (CE), accuracy and AUC of the current model (NaN, never a crash, when its scores are
-        not finite: ``val_nonfinite`` counts them)."""
-        from jetkd.evaluate.metrics import validation_metrics
-
-        loader = self.data.val_batches(self.job.train.eval_batch_size)
-        scores, labels = predict(self.model, loader, device=self.env.device, inputs=self.data.inputs)
+        not finite: ``val_nonfinite`` counts them); re-identification: retrieval on query/gallery
+        (:meth:`jetkd.train.data.ImageData.validate`)."""
+        record = self.data.validate(self.model, self.job.train.eval_batch_size, self.env.device)
         self.model.train()
-        return validation_metrics(scores, labels)
+        return record
 
     # ------------------------------------------------------------------------- the loop
 
@@ -509,7 +507,12 @@ class DistillStep(torch.nn.Module):
         with self.recorder:
             logits = self.student(*self.inputs(batch))
         taps = {k: Tap(t.value.float(), t.mask) for k, t in self.recorder.taps.items()}
-        return self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits, taps, teacher_taps))
+        loss, parts = self.method.loss(StepOutputs(logits.float(), batch.label, teacher_logits, taps, teacher_taps))
+        auxiliary = getattr(self.student, "auxiliary_loss", None)  # a model's own extra term (re-id: triplet)
+        if auxiliary is not None:
+            extra, extra_parts = auxiliary(batch.label)
+            loss, parts = loss + extra.to(loss), {**parts, **extra_parts}
+        return loss, parts
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
