@@ -70,13 +70,17 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW."""
+    """AdamW (the jet studies), or SGD with momentum (the image benchmarks' recipes: CRD/NORM on CIFAR use SGD,
+    momentum 0.9, weight decay 5e-4)."""
 
+    name: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.01
-    amsgrad: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    amsgrad: bool = False  # adamw
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    eps: float = 1e-8  # adamw
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
 
 
 @dataclass
@@ -85,8 +89,9 @@ class ScheduleConfig:
 
     name: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 0.0
-    step_epochs: int = 10  # step: multiply by gamma every step_epochs epochs
+    step_epochs: int = 10  # step: multiply by gamma every step_epochs epochs ...
     gamma: float = 0.7
+    milestones: list[float] = field(default_factory=list)  # ... or at these epochs (CIFAR recipes: 150, 180, 210)
 
 
 def _distill_config() -> type:
@@ -343,7 +348,10 @@ JOB_CHECKS: dict[str, Check] = {
     "train.select_by": one_of("val_acc", "val_auc", "val_loss"),
     "train.boost_beta_max": BETA,
     "train.boost_axis": three_vector,
+    "optim.name": one_of("adamw", "sgd"),
     "optim.lr": POSITIVE,
+    "optim.momentum": bounded(0, 1, below=True),
+    "schedule.milestones": lambda values: [NON_NEGATIVE(v) for v in values],
     "optim.weight_decay": NON_NEGATIVE,
     "optim.betas": each(BETA, count=2, expected="two numbers in [0, 1)"),
     "optim.eps": POSITIVE,

@@ -23,3 +23,19 @@ def test_step_decay_every_n_epochs():
 
 def test_constant():
     assert lr_factor(ScheduleConfig(name="constant"), 1234, 10, 100) == 1.0
+
+
+def test_milestone_steps_and_sgd():
+    import torch
+
+    from jetkd.config import OptimConfig, ScheduleConfig, load_job
+    from jetkd.errors import InputError
+    from jetkd.train.loop import build_optimizer
+
+    cfg = ScheduleConfig(name="step", gamma=0.1, milestones=[2, 3.5])
+    assert [lr_factor(cfg, s, 10, 5) for s in (0, 19, 20, 34, 35, 49)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    sgd = build_optimizer(OptimConfig(name="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                          [{"params": [torch.nn.Parameter(torch.zeros(2))]}])
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
+    with pytest.raises(InputError, match="optim.name: 'adam' is not one of adamw, sgd"):
+        load_job(data={"optim": {"name": "adam"}})

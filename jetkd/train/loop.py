@@ -1,6 +1,6 @@
 """The one training loop, for every model and every distillation method.
 
-AdamW (optionally amsgrad), warm-up then cosine or step decay, gradient clipping, bf16 autocast on CUDA,
+AdamW (optionally amsgrad) or SGD with momentum, warm-up then cosine or step decay, gradient clipping, bf16 autocast on CUDA,
 DistributedDataParallel under torchrun, optional boost augmentation, and checkpoints that resume exactly:
 ``last.pt`` (end of every epoch, every ``checkpoint_every`` steps, and on SIGTERM/SIGUSR1 from a batch
 scheduler) and ``best.pt`` (best validation epoch). Only rank 0 writes. A run folder holds one run
@@ -121,10 +121,7 @@ class Trainer:
         taken = {id(p) for g in special for p in g["params"]}
         params = [p for p in (*self.model.parameters(), *self.method.parameters()) if p.requires_grad and id(p) not in taken]
         groups = [{"params": params}] + [{"params": g["params"], "lr": job.optim.lr * g.get("lr_scale", 1.0)} for g in special]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=job.optim.lr, betas=tuple(job.optim.betas), weight_decay=job.optim.weight_decay,
-            amsgrad=job.optim.amsgrad, eps=job.optim.eps,
-        )
+        self.optimizer = build_optimizer(job.optim, groups)
         steps, epochs = len(self.loader), cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(job.schedule, s, steps, epochs))
         self.step_module = DistillStep(self.model, self.method, self.student_recorder, self.data.inputs)
@@ -513,6 +510,15 @@ class DistillStep(torch.nn.Module):
             extra, extra_parts = auxiliary(batch.label)
             loss, parts = loss + extra.to(loss), {**parts, **extra_parts}
         return loss, parts
+
+
+def build_optimizer(cfg, groups: list[dict]) -> torch.optim.Optimizer:
+    """``optim.name``: AdamW or SGD (momentum, optionally Nesterov) over the parameter ``groups``."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                             amsgrad=cfg.amsgrad, eps=cfg.eps)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
