@@ -56,10 +56,12 @@ def test_images_quickstart_trains_every_method_and_reports(tmp_path, capsys):
                          [f"run_dir={run}", "teacher.train.epochs=3", "student_defaults.train.epochs=4",
                           "students.student_fitnets.distill.fitnets.stage1_epochs=1",
                           "students.student_norm.distill.norm.beta_warmup_epochs=1",
-                          "students.student_curriculum.distill.curriculum.phase_epochs=[1,1]"])
+                          "students.student_curriculum.distill.curriculum.phase_epochs=[1,1]",
+                          "students.student_cdd.distill.cdd.start_epochs=1"])
     run_pipeline(pipe, progress=False)
     report = json.loads((run / "report.json").read_text())
-    names = ["teacher", "student", "student_kd", "student_fitnets", "student_norm", "student_curriculum"]
+    names = ["teacher", "student", "student_kd", "student_fitnets", "student_norm", "student_curriculum",
+             "resnet_small", "student_cdd"]
     assert list(report["models"]) == names[: len(report["models"])] and set(names) <= set(report["models"])
     teacher = report["models"]["teacher"]
     assert teacher["metrics"]["n_images"] == 359 and teacher["metrics"]["accuracy"] > 0.8
@@ -70,6 +72,9 @@ def test_images_quickstart_trains_every_method_and_reports(tmp_path, capsys):
     contract = load_checkpoint(run / "student_norm")["contract"]
     assert contract["kind"] == "images" and contract["image_shape"] == [8, 8, 1] and len(contract["mean"]) == 1
     assert "| student_norm | 1,442 |" in (run / "report.md").read_text()
+    deploy = report["models"]["student_cdd"]["deploy"]  # CDD: a doubled-width residual student, pruned and fused
+    assert deploy["start_parameters"] == 12210 and report["models"]["student_cdd"]["parameters"] == \
+        deploy["deployed_parameters"] <= deploy["start_parameters"]
     # jetkd evaluate on image runs; jetkd.load is for jet taggers
     out = tmp_path / "eval"
     assert main(["evaluate", str(run / "teacher"), str(run / "student"), "--data", "digits", "--out", str(out),

@@ -55,6 +55,13 @@ Here
     * :meth:`CDD.deploy`: a plain student of the configured class with the pruned widths
       (:meth:`CDD.deploy_spec`), equal to the trained student (eval mode, rows below threshold zeroed) up to
       float rounding; :meth:`CDD.deploy_summary`: parameters and FLOPs per jet at the start width and deployed.
+    * Image students (ResNets whose constructor takes ``block_widths``): :mod:`jetkd.distill.cdd_conv`. One
+      compactor per residual block on relu1's output (conv2's input), pruning the block's inner channels
+      (conv1's outputs, bn1, conv2's inputs) and folded into conv2; the residual stream is left alone. Everything
+      above (lasso, gradient surgery, proximal forgetting, thresholds, bank and scores, budget, phases) is the
+      same code: what differs between students is a :class:`Family` (where the compactors sit, which spec keys
+      hold the widths, what one sample is for FLOPs) and the layer kinds the shared :class:`CostModel` and
+      :meth:`CDD.deploy` handle (Linear and Conv2d, :func:`fold_into_consumer`).
 
 Deviations, and why
     * Compactor after the block's BatchNorm, pruning its input side (rows of Q as written ``y = z Q``), instead of
@@ -81,8 +88,11 @@ Deviations, and why
     * The reset mask is persistent and only grows (ResRep recomputes it from the norms every interval); the
       selection uses the teacher-neighbourhood score above instead of the row norm (our reading of CDD's
       retrieval guidance; the paper's exact rule was not available); the lasso stops once the budget is met
-      (ResRep keeps it to the end); the task loss is jet classification with Hinton KD instead of the retrieval
-      and feature-distillation losses of the image-retrieval setting.
+      (ResRep keeps it to the end); the task loss is classification (jets or images) with Hinton KD instead of
+      the retrieval and feature-distillation losses of the image-retrieval setting.
+    * Image ResNets: the compactor follows the block's relu1 and folds forwards into conv2, instead of sitting
+      between bn1 and relu1 and folding backwards into conv1 with the BatchNorm (:mod:`jetkd.distill.cdd_conv`
+      says why: same channels pruned, exact either way, no BatchNorm folding).
     * Under DDP, DistributedDataParallel broadcasts rank 0's buffers (bank, scores, masks) at every forward, so
       every rank follows rank 0's selections.
 """
@@ -91,6 +101,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -122,27 +135,156 @@ def group_lasso(rows: list[torch.Tensor], strength: float) -> torch.Tensor:
 
 
 def spec_widths(spec: dict) -> dict[str, int]:
-    """Width of every LinearBlock of the student ``spec`` builds, by module path (constructor defaults applied)."""
-    widths = {}
-    for key, prefix, last_fixed in _width_keys(spec):
-        values = _values(spec, key)
-        widths.update({f"{prefix}.{i}": int(w) for i, w in enumerate(values[: len(values) - last_fixed])})
-    return widths
+    """Width of every compactor site of the student ``spec`` builds, by site path (constructor defaults applied):
+    LinearBlocks of a jet student, residual blocks' inner widths of an image ResNet."""
+    return family_of(spec).spec_widths(spec)
 
 
 def with_widths(spec: dict, widths: dict[str, int]) -> dict:
-    """``spec`` with its LinearBlock widths replaced by ``widths`` (module path -> width)."""
-    new = dict(spec)
-    for key, prefix, last_fixed in _width_keys(spec):
-        values = _values(spec, key)
-        new[key] = [int(widths[f"{prefix}.{i}"]) if i < len(values) - last_fixed else int(w) for i, w in enumerate(values)]
-    return new
+    """``spec`` with its site widths replaced by ``widths`` (site path -> width)."""
+    return family_of(spec).with_widths(spec, widths)
 
 
-def _width_keys(spec: dict):
-    if spec.get("name") not in WIDTH_KEYS:
-        raise InputError("model.name", f"CDD shrinks an mlp or deepset student, not {spec.get('name')!r}")
-    return WIDTH_KEYS[spec["name"]]
+def fold_into_consumer(weight: torch.Tensor, q: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The weight of a layer fed by a compactor, with the compactor folded in and pruned inputs dropped.
+
+    weight: (O, C, *kernel) of a Linear (no kernel) or a Conv2d (kh, kw) whose input is ``z Q`` (channels C);
+    q: (C, C) the compactor Q; keep: (C,) bool. Returns (O, kept, *kernel): ``W'[o, c] = sum_d W[o, d] Q[c, d]``,
+    so the layer applied to z (without Q) computes the same. Exact for convolutions too: zero padding commutes
+    with a channel mixing.
+    """
+    return torch.einsum("od...,cd->oc...", weight, q)[:, keep]
+
+
+def _layer_dims(m: nn.Module) -> tuple[int, int, int]:
+    """(input channels per group, output channels, kernel elements) of a Linear or Conv2d."""
+    w = m.weight
+    return w.shape[1], w.shape[0], w[0, 0].numel()
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a compactor sits (module paths in the student): the channels produced by ``producer`` (a Linear's
+    output features or a Conv2d's output channels; cut at deploy), normalised channel by channel by ``norm`` (a
+    BatchNorm; cut at deploy) and handed on as the output of ``tap``, on which the compactor acts; the one
+    Linear / Conv2d that consumes that output (found by tracing, :class:`CostModel`) absorbs the compactor."""
+
+    tap: str
+    producer: str
+    norm: str
+
+
+class Family:
+    """What CDD needs to know about a kind of student, read from its module structure and constructor, never from
+    model names: which specs it builds (:meth:`claims`), its site widths in a spec, where its compactors sit in a
+    built model, its cost model, and what "one sample" is for FLOPs (:meth:`point`: a jet's mean multiplicity, an
+    image's size). Jet students: :class:`JetFamily`; image ResNets: :class:`jetkd.distill.cdd_conv.ConvFamily`."""
+
+    unit = "sample"  # FLOPs are reported per <unit>
+
+    def claims(self, spec: dict) -> bool:
+        raise NotImplementedError
+
+    def spec_widths(self, spec: dict) -> dict[str, int]:
+        raise NotImplementedError
+
+    def with_widths(self, spec: dict, widths: dict[str, int]) -> dict:
+        raise NotImplementedError
+
+    def sites(self, model: nn.Module) -> dict[str, Site]:
+        """The compactor sites of a built model, in forward order."""
+        raise NotImplementedError
+
+    def site_widths(self, model: nn.Module) -> dict[str, int]:
+        """Channels of every site of a built model (its producer's outputs)."""
+        return {p: model.get_submodule(s.producer).weight.shape[0] for p, s in self.sites(model).items()}
+
+    def cost_model(self, student: nn.Module, sites: dict[str, Site]) -> CostModel:
+        raise NotImplementedError
+
+    def sample_buffers(self, student: nn.Module) -> dict[str, torch.Tensor]:
+        """Buffers of the method that follow the training samples (what :meth:`count` updates)."""
+        return {}
+
+    def count(self, method: CDD, args: tuple) -> None:
+        """Called before every training forward of the student with its arguments."""
+
+    def point(self, method: CDD) -> Any:
+        """Where FLOPs per sample are evaluated (the second argument of ``method.cost.flops``)."""
+        raise NotImplementedError
+
+    def point_summary(self, method: CDD) -> dict:
+        """The point, for the deploy summary (JSON values)."""
+        return {}
+
+    def flops_summary(self, start: float, deployed: float) -> dict:
+        return {f"start_flops_per_{self.unit}": start, f"deployed_flops_per_{self.unit}": deployed}
+
+
+class JetFamily(Family):
+    """MLP and DeepSet jet students: a site per LinearBlock (fc -> LeakyReLU -> BN; the compactor on the block's
+    output), widths from the spec keys of :data:`WIDTH_KEYS`, FLOPs per jet at the training jets' mean
+    multiplicity (cost is affine in it)."""
+
+    unit = "jet"
+
+    def claims(self, spec: dict) -> bool:
+        return spec.get("name") in WIDTH_KEYS
+
+    def spec_widths(self, spec: dict) -> dict[str, int]:
+        widths = {}
+        for key, prefix, last_fixed in WIDTH_KEYS[spec["name"]]:
+            values = _values(spec, key)
+            widths.update({f"{prefix}.{i}": int(w) for i, w in enumerate(values[: len(values) - last_fixed])})
+        return widths
+
+    def with_widths(self, spec: dict, widths: dict[str, int]) -> dict:
+        new = dict(spec)
+        for key, prefix, last_fixed in WIDTH_KEYS[spec["name"]]:
+            values = _values(spec, key)
+            new[key] = [int(widths[f"{prefix}.{i}"]) if i < len(values) - last_fixed else int(w) for i, w in enumerate(values)]
+        return new
+
+    def sites(self, model: nn.Module) -> dict[str, Site]:
+        return {p: Site(p, f"{p}.fc", f"{p}.bn") for p, m in model.named_modules() if isinstance(m, LinearBlock)}
+
+    def cost_model(self, student: nn.Module, sites: dict[str, Site]) -> CostModel:
+        return JetCostModel(student, sites)
+
+    def sample_buffers(self, student: nn.Module) -> dict[str, torch.Tensor]:
+        return {"jets_seen": torch.zeros((), dtype=torch.float64), "constituents_seen": torch.zeros((), dtype=torch.float64)}
+
+    def count(self, method: CDD, args: tuple) -> None:
+        method.jets_seen += args[1].shape[0]
+        method.constituents_seen += args[1].sum()
+
+    def point(self, method: CDD) -> float:
+        return method.mean_multiplicity()
+
+    def point_summary(self, method: CDD) -> dict:
+        return {"mean_multiplicity": method.mean_multiplicity()}
+
+
+JETS = JetFamily()
+_FAMILIES: list[Family] = []
+
+
+def families() -> list[Family]:
+    """Every student family CDD knows: jet students, then image ResNets (:mod:`jetkd.distill.cdd_conv`)."""
+    if not _FAMILIES:
+        from jetkd.distill.cdd_conv import ConvFamily  # it builds on this module
+
+        _FAMILIES.extend([JETS, ConvFamily()])
+    return _FAMILIES
+
+
+def family_of(spec: dict) -> Family:
+    """The family of the student ``spec`` builds; an InputError naming ``model.name`` if CDD cannot shrink it."""
+    for family in families():
+        if family.claims(spec):
+            return family
+    raise InputError("model.name", f"CDD shrinks an mlp or deepset student, or an image ResNet of BasicBlocks whose "
+                                   f"constructor takes block_widths, not {spec.get('name')!r}")
 
 
 def _values(spec: dict, key: str) -> list[int]:
@@ -157,80 +299,125 @@ def probe_jet(n: int, device: torch.device | None = None) -> tuple[torch.Tensor,
 
 
 class CostModel:
-    """Parameters and FLOPs per jet of the student as functions of its LinearBlock widths.
+    """Parameters and FLOPs of one sample of the student as functions of its site widths.
 
-    Built by tracing the student on probe jets of 1 and 2 constituents: which Linear consumes each block's output
-    (``consumer``), how many rows every Linear sees per jet (affine in the multiplicity n), and the rest of the
-    cost (features, pooling, ...) as a constant, resp. affine in n. Matches ``count_parameters`` and
-    ``count_flops`` (multiply-add = 2) of the student built at any widths.
+    Built by tracing one eval forward of the student per probe input (``probe(key)`` -> the model's arguments
+    for one sample, ``keys`` traced at once): which Linear / Conv2d consumes each site's output (``consumer``),
+    at how many positions every such layer runs per sample (rows of a Linear, output pixels of a Conv2d), and
+    the rest of the cost (layers no width touches count at the traced widths; element-wise operations are not
+    counted, :mod:`jetkd.evaluate.flops`) as a constant. A layer fed by site a and producing site b costs
+    ``w_a * w_b * kernel`` parameters (+ ``w_b`` bias) and twice that times its positions in FLOPs
+    (multiply-add = 2); every site's BatchNorm ``2 w`` parameters. Matches ``count_parameters`` and
+    ``FlopCounterMode`` of the student built at any widths. Keys not traced at build are traced when first asked
+    for, on ``shadow`` (a hook-free copy of the student, e.g. on the meta device), if given.
     """
 
-    def __init__(self, student: nn.Module, blocks: dict[str, LinearBlock]):
-        self.blocks = blocks
-        linears = {name: m for name, m in student.named_modules() if isinstance(m, nn.Linear)}
-        traces = [self._trace(student, blocks, linears, n) for n in (1, 2)]  # (block outputs, Linear inputs, FLOPs)
+    def __init__(self, student: nn.Module, sites: dict[str, Site], probe: Callable[[Hashable], tuple],
+                 keys: tuple, shadow: nn.Module | None = None):
+        self.sites, self.probe, self.shadow = sites, probe, shadow
+        layers = {name: m for name, m in student.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+        traces = {key: self._trace(student, key) for key in keys}  # key -> (tap outputs, layer inputs, layer outputs, FLOPs)
+        taps, inputs = traces[keys[0]][0], traces[keys[0]][1]
         self.consumer: dict[str, str] = {}
-        for path in blocks:
-            users = [name for name, x in traces[0][1].items() if x is traces[0][0][path]]
+        for path, site in sites.items():
+            users = [name for name, x in inputs.items() if x is taps[path]]
             if len(users) != 1:
-                raise InputError("distill.cdd", f"the output of {path} feeds {len(users)} Linear layers; CDD folds "
-                                                "a compactor only into a block's single consuming Linear")
+                raise InputError("distill.cdd", f"the output of {site.tap} feeds {len(users)} Linear / Conv2d "
+                                                "layers; CDD folds a compactor only into its single consuming layer")
             self.consumer[path] = users[0]
         fed = {c: p for p, c in self.consumer.items()}
-        owner = {f"{p}.fc": p for p in blocks}
-        # (input block or None, output block or None, in_features, out_features, bias, rows at n=1, rows at n=2)
-        self.linears = [(fed.get(name), owner.get(name), m.in_features, m.out_features, m.bias is not None,
-                         *(t[1][name].numel() // m.in_features for t in traces)) for name, m in linears.items()]
-        widths = {p: b.fc.out_features for p, b in blocks.items()}
-        self.params_rest = count_parameters(student) - self._params(widths)
-        self.flops_rest = [t[2] - self._flops(widths, n) for t, n in zip(traces, (1, 2))]
+        owner = {s.producer: p for p, s in sites.items()}
+        for name in (*fed, *owner):
+            if getattr(layers[name], "groups", 1) != 1:
+                raise InputError("distill.cdd", f"{name} is a grouped convolution; CDD prunes ungrouped layers only")
+        # (name, input site or None, output site or None, inputs per group, outputs, kernel elements, bias)
+        self.layers = [(name, fed.get(name), owner.get(name), *_layer_dims(m), m.bias is not None)
+                       for name, m in layers.items()]
+        self.affine = {p: bool(student.get_submodule(s.norm).affine) for p, s in sites.items()}
+        self.widths0 = {p: student.get_submodule(s.producer).weight.shape[0] for p, s in sites.items()}
+        self.params_rest = count_parameters(student) - self._params(self.widths0)
+        self.positions: dict[Hashable, list[int]] = {}
+        self.flops_rest: dict[Hashable, float] = {}
+        for key, trace in traces.items():
+            self._record(key, trace)
 
-    @staticmethod
-    def _trace(student: nn.Module, blocks: dict[str, LinearBlock], linears: dict[str, nn.Linear], n: int):
-        """Block outputs and Linear inputs (tensors) and total FLOPs of one eval forward of a probe jet."""
-        outputs, inputs = {}, {}
-        handles = [m.register_forward_hook(lambda mod, a, o, p=p: outputs.__setitem__(p, o)) for p, m in blocks.items()]
-        handles += [m.register_forward_hook(lambda mod, a, o, p=p: inputs.__setitem__(p, a[0])) for p, m in linears.items()]
-        was_training = student.training
-        student.eval()
+    def _trace(self, model: nn.Module, key: Hashable):
+        """Site outputs, layer inputs and outputs (tensors) and total FLOPs of one eval forward of ``probe(key)``."""
+        taps, inputs, outputs = {}, {}, {}
+
+        def record(module: nn.Module, args: tuple, output: torch.Tensor, name: str) -> None:
+            inputs[name], outputs[name] = args[0], output
+
+        handles = [model.get_submodule(s.tap).register_forward_hook(lambda mod, a, o, p=p: taps.__setitem__(p, o))
+                   for p, s in self.sites.items()]
+        handles += [m.register_forward_hook(lambda mod, a, o, name=name: record(mod, a, o, name))
+                    for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        was_training = model.training
+        model.eval()
         try:
-            device = next(student.parameters()).device
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                student(*probe_jet(n, device))
+                model(*self.probe(key, next(model.parameters()).device))
         finally:
-            student.train(was_training)
+            model.train(was_training)
             for h in handles:
                 h.remove()
-        return outputs, inputs, counter.get_total_flops()
+        return taps, inputs, outputs, counter.get_total_flops()
+
+    def _record(self, key: Hashable, trace) -> None:
+        outputs = trace[2]
+        self.positions[key] = [outputs[name].numel() // d_out for name, _, _, _, d_out, _, _ in self.layers]
+        self.flops_rest[key] = trace[3] - self._layer_flops(self.widths0, self.positions[key])
 
     def _dims(self, widths: dict[str, int]):
-        for in_block, out_block, d_in, d_out, bias, r1, r2 in self.linears:
-            yield (widths[in_block] if in_block else d_in), (widths[out_block] if out_block else d_out), bias, r1, r2
+        """(inputs, outputs, kernel elements, bias) of every layer at these site widths."""
+        for _, in_site, out_site, d_in, d_out, kernel, bias in self.layers:
+            yield (widths[in_site] if in_site else d_in), (widths[out_site] if out_site else d_out), kernel, bias
 
     def _params(self, widths: dict[str, int]) -> int:
-        linear = sum(i * o + (o if bias else 0) for i, o, bias, _, _ in self._dims(widths))
-        norms = sum(2 * widths[p] for p, b in self.blocks.items() if b.bn.affine)
-        return linear + norms
+        layers = sum(i * o * k + (o if bias else 0) for i, o, k, bias in self._dims(widths))
+        return layers + sum(2 * widths[p] for p, affine in self.affine.items() if affine)
 
-    def _flops(self, widths: dict[str, int], n: float) -> float:
-        return sum(2 * i * o * (r1 + (r2 - r1) * (n - 1)) for i, o, _, r1, r2 in self._dims(widths))
+    def _layer_flops(self, widths: dict[str, int], positions: list[int]) -> float:
+        return sum(2 * i * o * k * r for (i, o, k, _), r in zip(self._dims(widths), positions))
 
     def params(self, widths: dict[str, int]) -> int:
-        """Trainable parameters of the student with these block widths."""
+        """Trainable parameters of the student with these site widths."""
         return self.params_rest + self._params(widths)
 
+    def flops_at(self, widths: dict[str, int], key: Hashable) -> float:
+        """FLOPs of one sample ``probe(key)`` of the student with these site widths."""
+        if key not in self.positions:
+            if self.shadow is None:
+                raise KeyError(f"the cost model was not traced at {key!r}")
+            self._record(key, self._trace(self.shadow, key))
+        return self._layer_flops(widths, self.positions[key]) + self.flops_rest[key]
+
+    def flops(self, widths: dict[str, int], point: Any) -> float:
+        """FLOPs of one sample at ``point`` (:meth:`Family.point`)."""
+        return self.flops_at(widths, point)
+
+
+class JetCostModel(CostModel):
+    """:class:`CostModel` of a jet student, traced on probe jets of 1 and 2 constituents: FLOPs per jet are affine
+    in the multiplicity n, so :meth:`flops` takes any n (a mean multiplicity gives the mean over jets)."""
+
+    def __init__(self, student: nn.Module, sites: dict[str, Site]):
+        super().__init__(student, sites, probe_jet, (1, 2))
+
     def flops(self, widths: dict[str, int], n: float) -> float:
-        """FLOPs of one jet of multiplicity ``n`` (a mean multiplicity gives the mean over jets: cost is affine in n)."""
-        f1, f2 = self.flops_rest
-        return self._flops(widths, n) + f1 + (f2 - f1) * (n - 1)
+        """FLOPs of one jet of multiplicity ``n``."""
+        f1, f2 = self.flops_at(widths, 1), self.flops_at(widths, 2)
+        return f1 + (f2 - f1) * (n - 1)
 
 
 class Compactor(nn.Module):
-    """ResRep's compactor on a block's output, and the block's CDD state.
+    """ResRep's compactor on a site's output, and the site's CDD state.
 
-    weight Q (C, C), identity at start: ``forward(z (..., C)) = z Q``. Buffers: ``reset`` (C,) 1 where the task
-    gradient is kept, 0 where reset; ``pruned`` (C,) bool (row zeroed for good); ``bank`` (S, C) the block's
-    per-jet activations of the memory bank's jets; ``score_sum`` (C,) float64 neighbour-agreement sums.
+    weight Q (C, C), identity at start: ``forward(z (..., C)) = z Q``, channels last; a feature map z (B, C, H, W)
+    is mixed along its channel dimension, ``y[:, d] = sum_c z[:, c] Q[c, d]`` (a 1x1 convolution with kernel
+    Q^T). Buffers: ``reset`` (C,) 1 where the task gradient is kept, 0 where reset; ``pruned`` (C,) bool (row
+    zeroed for good); ``bank`` (S, C) the site's per-sample activations of the memory bank's samples;
+    ``score_sum`` (C,) float64 neighbour-agreement sums.
     """
 
     def __init__(self, channels: int, bank_size: int):
@@ -242,6 +429,8 @@ class Compactor(nn.Module):
         self.register_buffer("score_sum", torch.zeros(channels, dtype=torch.float64))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 4:  # (B, C, H, W)
+            return F.conv2d(z, self.weight.t()[:, :, None, None])
         return torch.matmul(z, self.weight)
 
     def row_norms(self) -> torch.Tensor:
@@ -258,7 +447,8 @@ class Compactor(nn.Module):
 class CDD(Method):
     """Capacity dynamic distillation: a wider student with compactors shrinks under a group lasso on the channels
     the teacher's neighbourhoods find least useful, until it fits the configured student's budget (module
-    docstring). Trainable parts: ``compactors`` (one :class:`Compactor` per LinearBlock, built in :meth:`setup`).
+    docstring). Trainable parts: ``compactors`` (one :class:`Compactor` per site -- LinearBlock of a jet
+    student, residual block of an image ResNet (:mod:`jetkd.distill.cdd_conv`) -- built in :meth:`setup`).
     """
 
     needs_teacher = True
@@ -278,70 +468,72 @@ class CDD(Method):
         self.teacher_taps = (o.teacher_tap,)
         self.configured_spec: dict | None = None  # set by train_spec
         self.trained_spec: dict | None = None
-        self.configured_widths: dict[str, int] = {}  # block path -> width of the configured student
-        self.min_widths: dict[str, int] = {}  # block path -> channels it keeps whatever the scores say
-        self.paths: list[str] = []  # LinearBlock paths, one per compactor
+        self.family: Family | None = None  # the student's kind (jets, image ResNets), set by train_spec
+        self.configured_widths: dict[str, int] = {}  # site path -> width of the configured student
+        self.min_widths: dict[str, int] = {}  # site path -> channels it keeps whatever the scores say
+        self.paths: list[str] = []  # site paths, one per compactor
+        self.sites: dict[str, Site] = {}
         self.compactors = nn.ModuleList()
         self.cost: CostModel | None = None
         self._handles: list = []
-        self._acts: dict[int, torch.Tensor] = {}  # per-jet block activations (B, C) of the latest training forward
+        self._acts: dict[int, torch.Tensor] = {}  # per-sample site activations (B, C) of the latest training forward
 
     # ------------------------------------------------------------------------- set-up
 
     def train_spec(self, spec: dict) -> dict:
-        """The configured student with every LinearBlock width times ``width_factor`` (rounded, >= 1)."""
-        widths = {p: max(1, round(w * self.options.width_factor)) for p, w in spec_widths(spec).items()}
-        self.configured_spec, self.trained_spec = dict(spec), with_widths(spec, widths)
+        """The configured student with every site width (LinearBlock widths; residual blocks' inner widths) times
+        ``width_factor`` (rounded, >= 1)."""
+        self.family = family_of(spec)
+        widths = {p: max(1, round(w * self.options.width_factor)) for p, w in self.family.spec_widths(spec).items()}
+        self.configured_spec, self.trained_spec = dict(spec), self.family.with_widths(spec, widths)
         return self.trained_spec
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, taps: dict[str, Tap],
               teacher_taps: dict[str, Tap]) -> None:
-        """Trace the student (consumers, cost model), build a compactor per LinearBlock and hook them in."""
+        """Trace the student (consumers, cost model), build a compactor per site and hook them in."""
         if self.trained_spec is None:
             raise RuntimeError("CDD.setup needs the student built from CDD.train_spec(spec)")
         for h in self._handles:
             h.remove()
-        blocks = {p: m for p, m in student.named_modules() if isinstance(m, LinearBlock)}
-        expected = spec_widths(self.trained_spec)
-        if {p: b.fc.out_features for p, b in blocks.items()} != expected:
+        family = self.family
+        self.sites = family.sites(student)
+        if family.site_widths(student) != family.spec_widths(self.trained_spec):
             raise RuntimeError(f"CDD.setup: the student's blocks do not match the trained spec {self.trained_spec}")
-        self.paths = list(blocks)
-        self.configured_widths = spec_widths(self.configured_spec)
+        self.paths = list(self.sites)
+        self.configured_widths = family.spec_widths(self.configured_spec)
         self.min_widths = {p: max(1, math.ceil(self.options.min_width * w)) for p, w in self.configured_widths.items()}
-        self.cost = CostModel(student, blocks)
-        if self.options.budget == "params":  # FLOPs per jet need the training multiplicity: checked in _select
+        self.cost = family.cost_model(student, self.sites)  # before the compactors are hooked in
+        if self.options.budget == "params":  # FLOPs per sample need the training samples: checked in _select
             self._check_floor_fits()
         device = next(student.parameters()).device
         s, c_t = self.options.bank_size, teacher_taps[self.options.teacher_tap].dim
-        self.compactors = nn.ModuleList(Compactor(b.fc.out_features, s) for b in blocks.values()).to(device)
+        self.compactors = nn.ModuleList(Compactor(w, s) for w in self.cost.widths0.values()).to(device)
         for name, value in (("teacher_bank", torch.zeros(s, c_t)), ("bank_count", torch.zeros((), dtype=torch.long)),
                             ("bank_next", torch.zeros((), dtype=torch.long)),
                             ("score_count", torch.zeros((), dtype=torch.float64)),
                             ("steps", torch.zeros((), dtype=torch.long)), ("finetuning", torch.zeros((), dtype=torch.bool)),
-                            ("jets_seen", torch.zeros((), dtype=torch.float64)),
-                            ("constituents_seen", torch.zeros((), dtype=torch.float64))):
+                            *family.sample_buffers(student).items()):
             self.register_buffer(name, value.to(device))
 
-        def count_jets(module: nn.Module, args: tuple) -> None:  # training multiplicity, for FLOPs per jet
+        def count_samples(module: nn.Module, args: tuple) -> None:  # training multiplicity / image size, for FLOPs
             if module.training:
-                self.jets_seen += args[1].shape[0]
-                self.constituents_seen += args[1].sum()
+                family.count(self, args)
 
         # Plain functions (closures), not bound methods, like every hook on the student.
-        self._handles = [student.register_forward_pre_hook(count_jets)]
-        for i, block in enumerate(blocks.values()):
+        self._handles = [student.register_forward_pre_hook(count_samples)]
+        for i, site in enumerate(self.sites.values()):
             def compact(module: nn.Module, args: tuple, output: torch.Tensor, i=i) -> torch.Tensor:
-                if module.training:
+                if module.training:  # per-sample activations (B, C): mean over real constituents or pixels
                     mask = args[1] if len(args) > 1 else None
                     self._acts[i] = Tap(output.detach().float(), mask if output.dim() == 3 else None).pooled()
                 return self.compactors[i](output)
 
-            self._handles.append(block.register_forward_hook(compact))
+            self._handles.append(student.get_submodule(site.tap).register_forward_hook(compact))
 
     # ------------------------------------------------------------------------- budget
 
     def widths(self, which: str = "alive") -> dict[str, int]:
-        """LinearBlock widths: ``alive`` (unpruned channels: the deployable model) or ``kept`` (alive and not reset)."""
+        """Site widths: ``alive`` (unpruned channels: the deployable model) or ``kept`` (alive and not reset)."""
         out = {}
         for path, c in zip(self.paths, self.compactors):
             keep = ~c.pruned if which == "alive" else ~c.pruned & (c.reset > 0)
@@ -349,14 +541,14 @@ class CDD(Method):
         return out
 
     def mean_multiplicity(self) -> float:
-        """Mean number of constituents of the training jets seen so far (NaN before the first step)."""
+        """Jet students: mean number of constituents of the training jets seen so far (NaN before the first step)."""
         return float(self.constituents_seen / self.jets_seen) if self.jets_seen > 0 else math.nan
 
     def cost_of(self, widths: dict[str, int]) -> float:
-        """The budgeted cost of the student with these widths: parameters, or FLOPs per jet."""
+        """The budgeted cost of the student with these widths: parameters, or FLOPs per sample (jet or image)."""
         if self.options.budget == "params":
             return float(self.cost.params(widths))
-        return self.cost.flops(widths, self.mean_multiplicity())
+        return self.cost.flops(widths, self.family.point(self))
 
     def budget(self) -> float:
         """``budget_value``, or the cost of the configured student."""
@@ -500,50 +692,53 @@ class CDD(Method):
 
     @torch.no_grad()
     def deploy(self, student: nn.Module) -> nn.Module:
-        """A plain student of the configured class with the pruned widths (:meth:`deploy_spec`): compactors folded
-        into their consuming Linears (float64, cast back), pruned channels cut. Eval mode, no hooks."""
+        """A plain student of the configured class with the pruned widths (:meth:`deploy_spec`): every compactor
+        folded into the layer consuming its site (:func:`fold_into_consumer`, float64, cast back), pruned channels
+        cut from the site's producer (rows / output channels, bias) and BatchNorm. Eval mode, no hooks."""
         if self.cost is None:
             raise RuntimeError("CDD.deploy before setup")
         keep = {p: c.alive(self.options.threshold) for p, c in zip(self.paths, self.compactors)}
         q = {p: c.weight.detach().double() for p, c in zip(self.paths, self.compactors)}
         state = dict(student.state_dict())
         fed = {consumer: p for p, consumer in self.cost.consumer.items()}
+        owner = {s.producer: p for p, s in self.sites.items()}
         for name, m in student.named_modules():
-            if not isinstance(m, nn.Linear):
+            if not isinstance(m, (nn.Linear, nn.Conv2d)):
                 continue
             w = m.weight.detach().double()
-            if name in fed:  # W y = W Q^T z: fold the compactor, drop the pruned inputs
-                w = (w @ q[fed[name]].T)[:, keep[fed[name]]]
-            block = name[: -len(".fc")] if name.endswith(".fc") else None
-            if block in keep:
-                w = w[keep[block]]
+            if name in fed:  # W y = W (z Q): fold the compactor, drop the pruned inputs
+                w = fold_into_consumer(w, q[fed[name]], keep[fed[name]])
+            if name in owner:  # the site's channels: drop the pruned outputs
+                w = w[keep[owner[name]]]
                 if m.bias is not None:
-                    state[f"{name}.bias"] = m.bias.detach()[keep[block]]
+                    state[f"{name}.bias"] = m.bias.detach()[keep[owner[name]]]
             state[f"{name}.weight"] = w.to(m.weight.dtype)
         for path, kept in keep.items():
+            norm = self.sites[path].norm
             for key in ("weight", "bias", "running_mean", "running_var"):
-                if f"{path}.bn.{key}" in state:
-                    state[f"{path}.bn.{key}"] = state[f"{path}.bn.{key}"][kept]
-        spec = with_widths(self.trained_spec, {p: int(k.sum()) for p, k in keep.items()})
+                if f"{norm}.{key}" in state:
+                    state[f"{norm}.{key}"] = state[f"{norm}.{key}"][kept]
+        spec = self.family.with_widths(self.trained_spec, {p: int(k.sum()) for p, k in keep.items()})
         with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the training's RNG alone
             deployed = build_model(spec)
         deployed.load_state_dict(state)
         return deployed.to(next(student.parameters()).device).eval()
 
     def deploy_spec(self, spec: dict, deployed: nn.Module) -> dict:
-        """``spec`` (the configured student) with the deployed LinearBlock widths."""
-        return with_widths(spec, {p: m.fc.out_features for p, m in deployed.named_modules() if isinstance(m, LinearBlock)})
+        """``spec`` (the configured student) with the deployed site widths (LinearBlock widths; ``block_widths``)."""
+        return self.family.with_widths(spec, self.family.site_widths(deployed))
 
     def deploy_summary(self, student: nn.Module, deployed: nn.Module) -> dict:
-        """Parameters and FLOPs per jet (at the training jets' mean multiplicity) at the start width and deployed."""
+        """Parameters and FLOPs per sample (jets: at the training jets' mean multiplicity; images: at the training
+        images' size, and multiply-accumulates) at the start width and deployed."""
         start = {p: c.weight.shape[0] for p, c in zip(self.paths, self.compactors)}
-        final = {p: m.fc.out_features for p, m in deployed.named_modules() if isinstance(m, LinearBlock)}
-        n = self.mean_multiplicity()
+        final = self.family.site_widths(deployed)
+        point = self.family.point(self)
         p0, p1 = count_parameters(student), count_parameters(deployed)
-        f0, f1 = self.cost.flops(start, n), self.cost.flops(final, n)
+        f0, f1 = self.cost.flops(start, point), self.cost.flops(final, point)
         return {"start_widths": start, "deployed_widths": final, "budget": self.options.budget, "budget_value": self.budget(),
                 "start_parameters": p0, "deployed_parameters": p1, "parameter_reduction": p0 / p1,
-                "mean_multiplicity": n, "start_flops_per_jet": f0, "deployed_flops_per_jet": f1,
+                **self.family.point_summary(self), **self.family.flops_summary(f0, f1),
                 "flops_reduction": f0 / f1 if f1 > 0 else math.nan}
 
     def extra_repr(self) -> str:

@@ -61,8 +61,9 @@ class NormOptions:
 class CDDOptions:
     """Xie et al. 2023 (Capacity Dynamic Distillation), on ResRep's compactors (Ding et al. 2021). The configured
     student is the deploy budget; training starts from it with every hidden width (MLP ``hidden``; DeepSet
-    ``phi_hidden`` but its last entry, and ``rho_hidden``) times ``width_factor``, a compactor after every
-    LinearBlock, and shrinks until the deployable model fits ``budget``: ``params`` (trainable parameters) or
+    ``phi_hidden`` but its last entry, and ``rho_hidden``; image ResNets: every residual block's inner width,
+    ``block_widths``) times ``width_factor``, a compactor after every LinearBlock (image ResNets: after each block's
+    first convolution, :mod:`jetkd.distill.cdd_conv`), and shrinks until the deployable model fits ``budget``: ``params`` (trainable parameters) or
     ``flops`` (per jet, at the mean multiplicity of the training jets) of the configured student, or
     ``budget_value`` if > 0. From ``start_epochs`` on, every ``reset_every`` steps the ``reset_channels``
     channels (over all blocks; every block keeps ``min_width`` of its configured width) least aligned with the
@@ -71,7 +72,8 @@ class CDDOptions:
     compactor_lr_scale) steps), which prunes them. Once the budget is met: lasso off, no more resets,
     fine-tuning (the only epochs that may become best.pt)."""
 
-    teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t); LorentzNet: graph_dec.1
+    teacher_tap: str = ""  # teacher representation for the neighbour search, (B, C_t); LorentzNet: graph_dec.1;
+    #                        image teachers: pool (or a feature map, averaged over positions)
     width_factor: float = 2.0
     budget: str = "params"  # params | flops
     budget_value: float = 0.0  # 0: the configured student's

@@ -38,6 +38,7 @@ paths, so their published weights load into these models.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import OrderedDict
 from typing import Sequence
@@ -246,7 +247,7 @@ def split_block_widths(block_widths: Sequence[int] | None, layers: Sequence[int]
     if len(block_widths) != sum(layers) or any(int(w) < 1 for w in block_widths):
         raise ValueError(f"block_widths needs {sum(layers)} positive ints (one per residual block), got {tuple(block_widths)}")
     starts = [sum(layers[:k]) for k in range(len(layers) + 1)]
-    return [[int(w) for w in block_widths[a:b]] for a, b in zip(starts, starts[1:])]
+    return [[int(w) for w in block_widths[a:b]] for a, b in itertools.pairwise(starts)]
 
 
 def init_resnet_(model: nn.Module) -> None:
