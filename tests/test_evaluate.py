@@ -442,16 +442,13 @@ def test_bootstrap_intervals_are_reproducible_and_as_wide_as_binomial():
     assert m["rej_30_interval"] == pytest.approx([1 / hi, 1 / lo])
 
 
-def test_bootstrap_of_100k_jets_is_fast():
-    import time
-
+def test_bootstrap_of_100k_jets_with_a_roc_band():
+    """The shapes and finiteness at a realistic size (its speed: scripts/bench_bootstrap.py, docs/results.md)."""
     from jetkd.evaluate import bootstrap_intervals
     from jetkd.evaluate.metrics import eps_s_grid
 
     scores, labels = gaussian_scores(100_000)
-    start = time.perf_counter()
     out = bootstrap_intervals(scores, labels, n_bootstrap=200, grid=eps_s_grid())
-    assert time.perf_counter() - start < 15  # ~0.5 s on one core: vectorised over replicas, no loop over jets
     assert out["eps_b_grid_interval"].shape == (2, 200) and np.all(np.isfinite(out["auc_interval"]))
 
 
