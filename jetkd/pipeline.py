@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -325,6 +326,10 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], 
                                          f"{', '.join(map(str, data_classes))}")
             model_classes = model_classes or trained
             results[name] = entry
+            if progress and not sys.stderr.isatty():  # batch logs: one line per model instead of the bar
+                m = entry["metrics"]
+                print(f"evaluated {name} ({len(results)}/{len(checkpoints)}): accuracy {m['accuracy']:.4f}, AUC "
+                      f"{m['auc']:.4f}", flush=True)
     data = describe_data(cache_provenance(cache), data_classes or model_classes, source=test)
     write_report(out_dir, results, data=data, summary=summarise_seeds(results, configs))
     return Path(out_dir)

@@ -144,3 +144,16 @@ def load_pipeline_dict(data, tmp_path):
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_pipeline(path)
+
+
+def test_evaluation_prints_one_line_per_model_without_a_terminal(small_run, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "jetkd", "evaluate", str(small_run / "teacher"),
+                           str(small_run / "mlp"), "--data", str(small_run / "cache" / "test.h5"), "--out",
+                           str(tmp_path / "r"), "--betas", "0,0.5", "--bootstrap", "20"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in done.stdout.splitlines() if x.startswith("evaluated ")]
+    assert [x.split(" (")[0] for x in lines] == ["evaluated teacher", "evaluated mlp"] and "(2/2)" in lines[1]

@@ -145,6 +145,7 @@ def evaluate_image_checkpoints(checkpoints: dict, data: str, split: str, out_dir
         if ckpt.get("deployed", {}).get("summary"):
             results[name]["deploy"] = ckpt["deployed"]["summary"]
         configs[name] = ckpt.get("config") or {}
+        print(f"evaluated {name} ({len(results)}/{len(checkpoints)})", flush=True)
     summary = summarise_seeds(results, configs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
