@@ -30,8 +30,14 @@ Cost. The per-pair tensors (pairs, C) are the big ones; three ideas keep them fe
     autograd Function, :class:`jetkd.models.pair_chain.PairChain`, chunk by cache-sized chunk, with a
     hand-written backward that keeps 2 C floats per pair and redoes no (C, C) matmul. Those matmuls, 6 of
     (pairs, C) x (C, C) per block and training step (2 forward, 4 backward), are then ~40% of a step's CPU
-    time at batch 32, the chain as a whole ~80%. The plain per-module path stays for GPUs (where pair tensors
-    are cheap and launches are not), under autocast, and when a hook listens on a module the Function bypasses.
+    time at batch 32, the chain as a whole ~80%. The plain per-module path stays on GPUs with
+    ``pair_kernel="torch"`` (or without triton, or in float64), under CPU autocast, and when a hook listens on a
+    module the fused chain bypasses.
+  * on CUDA (``pair_kernel="auto"`` or ``"triton"``) the same chain runs as fused Triton kernels,
+    :mod:`jetkd.models.pair_triton`: tiles of pairs built in registers, no (pairs, C) tensor in GPU memory,
+    forward or backward (the backward recomputes the tile's forward). ``pair_kernel="torch"`` keeps the paths
+    above on every device; ``"triton"`` on CPU runs the kernels under Triton's interpreter (TRITON_INTERPRET=1;
+    the tests), else it is an error.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from torch import nn
 
 from jetkd.models.layers import MaskedBatchNorm1d, _all_reduce_sum
 from jetkd.models.pair_chain import PairChain
+
+PAIR_KERNELS = ("auto", "triton", "torch")
 
 # The two beam particles of the original code, (sqrt(1 + m^2), 0, 0, +-1) with m = 1, in GeV.
 BEAMS = ((math.sqrt(2.0), 0.0, 0.0, 1.0), (math.sqrt(2.0), 0.0, 0.0, -1.0))
@@ -207,14 +215,17 @@ class LGEB(nn.Module):
     h_i <- h_i + phi_h([h_i, sum_{j != i} m_ij, s_i])
     """
 
-    def __init__(self, n_hidden: int, n_scalar: int, c_weight: float, last_layer: bool = False):
+    def __init__(self, n_hidden: int, n_scalar: int, c_weight: float, last_layer: bool = False,
+                 pair_kernel: str = "auto"):
         super().__init__()
         C = n_hidden
         self.c_weight, self.last_layer = c_weight, last_layer
+        self.pair_kernel = _check_pair_kernel(pair_kernel)  # see LorentzNet
         # Indices match the original's nn.Sequential, so state-dict keys map 1:1. The containers are never
         # called whole (BatchNorms need masks); forward calls the members, so hooks on them fire, except on
-        # phi_e.0 and phi_e.1, whose Linear and BatchNorm are applied folded (weights read directly). On CPU the
-        # pair chain bypasses phi_e.2 .. phi_x unless one of them has a hook (see _fused).
+        # phi_e.0 and phi_e.1, whose Linear and BatchNorm are applied folded (weights read directly). The fused
+        # pair chain (PairChain on CPU, Triton kernels on CUDA) bypasses phi_e.2 .. phi_x unless one of them has a
+        # hook (see _fused).
         self.phi_e = nn.Sequential(nn.Linear(2 * C + 2, C, bias=False), PairBatchNorm(C), nn.ReLU(inplace=True),
                                    nn.Linear(C, C), nn.ReLU(inplace=True))
         self.phi_h = nn.Sequential(nn.Linear(2 * C + n_scalar, C), MaskedBatchNorm1d(C), nn.ReLU(), nn.Linear(C, C))
@@ -253,10 +264,11 @@ class LGEB(nn.Module):
         agg, dx = [], []
         fused = self._fused(h)
         for g in range(len(grid)):
-            if fused:  # the same chain as below, computed in cache-sized chunks
+            if fused:  # the same chain as below, in cache-sized chunks (PairChain) or fused Triton kernels
                 xd = None if self.last_layer else x_diff[g]
-                agg_g, dx_g = PairChain.apply(a_fold[g], bs[g] * scale, e[g], xd, grid.w[g].to(h.dtype), w_e_fold,
-                                              *self._chain_weights())
+                chain = _triton_chain() if fused == "triton" else PairChain.apply
+                agg_g, dx_g = chain(a_fold[g], bs[g] * scale, e[g], xd, grid.w[g].to(h.dtype), w_e_fold,
+                                    *self._chain_weights())
                 agg.append(agg_g)
                 if not self.last_layer:
                     dx.append(dx_g / grid.deg[g])
@@ -289,14 +301,22 @@ class LGEB(nn.Module):
             return weights + [None, None, None]
         return weights + [self.phi_x[0].weight, self.phi_x[0].bias, self.phi_x[2].weight]
 
-    def _fused(self, h: torch.Tensor) -> bool:
-        """Whether the pair chain runs as :class:`PairChain`: on CPU, without autocast, and with no hooks on
-        the modules it bypasses (phi_e.2 .. phi_e.4, phi_m, phi_x), so they still fire when someone listens; not
-        while exporting (torch.export / ONNX), which traces the plain modules."""
-        if h.device.type != "cpu" or torch.is_autocast_enabled("cpu") or torch.compiler.is_exporting():
+    def _fused(self, h: torch.Tensor) -> str | bool:
+        """How the pair chain runs: "triton" (:mod:`jetkd.models.pair_triton`) with ``pair_kernel="triton"``, or
+        "auto" on CUDA (h float32 or half, triton importable); else True (:class:`PairChain`) on CPU without
+        autocast; else False (the plain modules). Never fused while a hook listens on a module the chain bypasses
+        (phi_e.2 .. phi_e.4, phi_m, phi_x), so it still fires, nor while exporting (torch.export / ONNX), which
+        traces the plain modules."""
+        if torch.compiler.is_exporting():
             return False
         chain = [*self.phi_e[2:], *self.phi_m, *(self.phi_x if not self.last_layer else ())]
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in chain)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in chain):
+            return False
+        if self.pair_kernel == "triton" or (self.pair_kernel == "auto" and h.device.type == "cuda"
+                                            and h.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                                            and _triton_chain(required=False) is not None):
+            return "triton"
+        return h.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
     def _moments(self, a, b, bs, w_e, e, grid: PairGrid):
         """Moments over real pairs of pre_ij = a_i + b_j + u_ij, u_ij = W_e e_ij, from per-node sums (no pair
@@ -325,6 +345,25 @@ class LGEB(nn.Module):
         return deg.sum(), (deg * (a + b) + u).sum((0, 1)), centred_sq
 
 
+def _check_pair_kernel(value: str) -> str:
+    if value not in PAIR_KERNELS:
+        raise ValueError(f"pair_kernel must be one of {', '.join(PAIR_KERNELS)}, got {value!r}")
+    return value
+
+
+def _triton_chain(required: bool = True):
+    """:func:`jetkd.models.pair_triton.pair_chain` (imported on first use: importing jetkd never imports triton),
+    or None if triton is missing and not ``required``."""
+    try:
+        from jetkd.models.pair_triton import pair_chain
+    except ImportError as err:
+        if required:
+            raise RuntimeError("pair_kernel='triton' needs the triton package (CUDA builds of torch ship it; "
+                               "pip install 'triton>=3.4,<4' for CPU runs under TRITON_INTERPRET=1)") from err
+        return None
+    return pair_chain
+
+
 class LorentzNet(nn.Module):
     """LorentzNet jet tagger on raw four-vectors: ``model(p4, mask) -> logits``.
 
@@ -332,6 +371,11 @@ class LorentzNet(nn.Module):
     c_weight: coordinate step size; dropout: before the last decoder layer. Defaults: the published
     top-tagging configuration. ``group_cost`` (attribute, in pairs): overhead per length group of the pair
     grid (see :class:`PairGrid`); None picks one per device, ``math.inf`` gives one padded (B, M, M) grid.
+    pair_kernel (also a settable attribute; a model-config key): how each block's per-pair chain runs. "auto":
+    the fused Triton kernels (:mod:`jetkd.models.pair_triton`) on CUDA in float32 or half precision, else what
+    "torch" runs; "torch": :class:`PairChain` on CPU, the plain per-module path elsewhere; "triton": the Triton
+    kernels on any device (on CPU only under TRITON_INTERPRET=1, else an error). Hooks on the bypassed modules
+    and exporting always take the plain path. Same maths and parameters whichever runs.
     """
 
     group_cost: float | None = None
@@ -340,7 +384,7 @@ class LorentzNet(nn.Module):
     input_features = ("minkowski_invariants", "mass", "beams")
 
     def __init__(self, n_scalar: int = 2, n_hidden: int = 72, n_class: int = 2, n_layers: int = 6,
-                 c_weight: float = 5e-3, dropout: float = 0.2):
+                 c_weight: float = 5e-3, dropout: float = 0.2, pair_kernel: str = "auto"):
         super().__init__()
         self.n_scalar, self.n_hidden, self.n_layers, self.n_class = n_scalar, n_hidden, n_layers, n_class
         self.embedding = nn.Linear(n_scalar, n_hidden)
@@ -348,6 +392,17 @@ class LorentzNet(nn.Module):
             LGEB(n_hidden, n_scalar, c_weight, last_layer=(i == n_layers - 1)) for i in range(n_layers))
         self.graph_dec = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.ReLU(), nn.Dropout(dropout),
                                        nn.Linear(n_hidden, n_class))
+        self.pair_kernel = pair_kernel
+
+    @property
+    def pair_kernel(self) -> str:
+        return self._pair_kernel
+
+    @pair_kernel.setter
+    def pair_kernel(self, value: str) -> None:
+        self._pair_kernel = _check_pair_kernel(value)
+        for block in self.LGEBs:
+            block.pair_kernel = value
 
     def forward(self, p4: torch.Tensor, mask: torch.Tensor, beams: torch.Tensor | None = None) -> torch.Tensor:
         """p4: (B, N, 4) ``[E, px, py, pz]`` GeV zero-padded; mask: (B, N) bool; beams: optional (2, 4) or

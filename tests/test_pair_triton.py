@@ -1,0 +1,321 @@
+"""The fused Triton pair chain (jetkd.models.pair_triton), run on the CPU through Triton's interpreter, against
+the plain autograd chain, the CPU PairChain and the plain per-module LorentzNet path.
+
+Tolerances. float64 (the interpreter runs numpy in float64): the same maths to rounding, 1e-10 relative. float32
+with "ieee" products (what the interpreter computes): 1e-5 relative to the largest entry at the chain level; at
+the model level the Triton path is as close to float64 as the existing float32 path is. On a GPU the products
+take tf32 (default) or bf16 (autocast) inputs with float32 accumulation: expected ~1e-3 (tf32) / ~1e-2 (bf16)
+relative on outputs and logits, gradients ~1e-2 / ~1e-1 relative to the largest gradient on tiny batches (ReLU
+and clamp thresholds switch on a few pairs); checked here on emulated operand rounding, not on a GPU.
+"""
+
+import copy
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton (and jetkd.models.pair_triton) is imported
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # pragma: no cover
+    pytest.skip("triton is not installed (pip install 'triton>=3.4,<4', or the test extra)", allow_module_level=True)
+
+from jetkd.models import build_model, pair_triton
+from jetkd.models.lorentznet import LorentzNet
+from jetkd.models.pair_chain import PairChain
+from jetkd.models.pair_triton import pair_chain
+
+pytestmark = pytest.mark.skipif(not pair_triton.interpreted(),
+                                reason="jetkd.models.pair_triton was imported before TRITON_INTERPRET=1 was set")
+
+
+# ----------------------------------------------------------------------------- the chain alone
+
+
+def chain_inputs(L=9, C=16, coords=True, seed=0, dtype=torch.float64):
+    """PairChain's inputs (all but the mask requiring grad): one jet of each length 1..L (1: no pairs) padded to
+    L, and two with padding between real nodes; coordinate steps partly clamped."""
+    g = torch.Generator().manual_seed(seed)
+    real = torch.arange(L) < torch.arange(1, L + 1)[:, None]
+    holes = torch.rand(2, L, generator=g) < 0.6
+    holes[:, 0] = True
+    real = torch.cat([real, holes])
+    b = len(real)
+    w = (real[:, :, None] & real[:, None] & ~torch.eye(L, dtype=torch.bool)).to(dtype)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    x_diff = r(b, L, L, 4, scale=30.0) if coords else None
+    phi_x = [r(C, C, scale=C ** -0.5), r(C), r(1, C, scale=3.0)] if coords else [None, None, None]
+    return [r(b, L, C), r(b, L, C), r(b, L, L, 2), x_diff, w, r(C, 2), r(C, C, scale=C ** -0.5), r(C), r(1, C),
+            r(1), *phi_x]
+
+
+def reference(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2):
+    """The chain with plain autograd ops, unfused."""
+    m = torch.relu(torch.relu(A[:, :, None] + B[:, None] + e @ w_e.T) @ w_3.T + b_3)
+    m = m * torch.sigmoid(m @ w_m.T + b_m)
+    agg = (w[..., None] * m).sum(2)
+    if x_diff is None:
+        return [agg]
+    phi_x = torch.relu(m @ w_x0.T + b_x0) @ w_x2.T
+    return [agg, (w[..., None] * (x_diff * phi_x).clamp(-100.0, 100.0)).sum(2)]
+
+
+def present(outputs):
+    return [o for o in outputs if o is not None]
+
+
+def grads(outputs, inputs, seed=1):
+    """Gradients of a random linear functional of ``outputs`` for every differentiable input."""
+    g = torch.Generator().manual_seed(seed)
+    cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outputs]
+    return torch.autograd.grad(outputs, [t for t in inputs if t is not None and t.requires_grad], cotangents)
+
+
+def assert_rel(got, want, rtol, msg=None):
+    """Equal within ``rtol`` relative to the largest entry of ``want``."""
+    torch.testing.assert_close(got.to(want.dtype), want, rtol=rtol, atol=rtol * want.abs().max().item(), msg=msg)
+
+
+@pytest.mark.parametrize("coords", [True, False])
+@pytest.mark.parametrize("blocks", [None, (4, 2), (2, 8)])  # one tile per jet; several row and column blocks
+def test_chain_float64_matches_autograd_and_pair_chain(coords, blocks):
+    inputs = chain_inputs(coords=coords)
+    got = present(pair_chain(*inputs, blocks=blocks))
+    want = reference(*inputs)
+    cpu = present(PairChain.apply(*inputs))
+    for a, b, c in zip(got, want, cpu):
+        assert_rel(a, b, 1e-12)
+        assert_rel(c, b, 1e-12)
+    names = ["A", "B", "e", "x_diff", "w_e", "w_3", "b_3", "w_m", "b_m", "w_x0", "b_x0", "w_x2"]
+    names = names if coords else [n for n in names if n not in ("x_diff", "w_x0", "b_x0", "w_x2")]
+    g_got, g_want, g_cpu = grads(got, inputs), grads(want, inputs), grads(cpu, inputs)
+    assert len(g_got) == len(names)
+    for name, a, b, c in zip(names, g_got, g_want, g_cpu):
+        assert b.abs().max() > 0, name
+        assert_rel(a, b, 1e-10, msg=name)
+        assert_rel(a, c, 1e-10, msg=name)
+
+
+def test_chain_length_one_jet_and_padding_give_zero():
+    """A one-node jet has no pairs: zero agg, dx and gradients for it; padded rows stay zero too."""
+    inputs = chain_inputs(L=6)
+    agg, dx = pair_chain(*inputs, blocks=(4, 4))
+    real = inputs[4].sum(2) > 0  # nodes with a real pair
+    assert (agg[0] == 0).all() and (dx[0] == 0).all()  # jet 0: length 1
+    assert (agg[~real] == 0).all() and (dx[~real] == 0).all()
+    assert (agg[real].abs().sum(-1) > 0).all()
+    gA, gB = grads([agg, dx], inputs)[:2]
+    assert (gA[0] == 0).all() and (gB[0] == 0).all()
+
+
+def test_chain_clamp_is_exercised():
+    """Guards the tests above: the coordinate step is clamped on some real pairs, not on all."""
+    A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2 = chain_inputs()
+    with torch.no_grad():
+        m = torch.relu(torch.relu(A[:, :, None] + B[:, None] + e @ w_e.T) @ w_3.T + b_3)
+        m = m * torch.sigmoid(m @ w_m.T + b_m)
+        step = (x_diff * (torch.relu(m @ w_x0.T + b_x0) @ w_x2.T)).abs()[w > 0]
+    assert (step > 100).any() and (step < 100).any()
+
+
+@pytest.mark.parametrize("coords", [True, False])
+@pytest.mark.parametrize("blocks", [None, (4, 4)])
+def test_chain_float32_at_interpreter_tolerance(coords, blocks):
+    """float32 inputs, float32 ("ieee") products: outputs and every gradient within 1e-5 of float64."""
+    exact = chain_inputs(L=12, coords=coords, seed=2)
+    single = [None if t is None else t.detach().float().requires_grad_(t.requires_grad) for t in exact]
+    got, want = present(pair_chain(*single, blocks=blocks)), reference(*exact)
+    assert all(o.dtype == torch.float32 for o in got)
+    for a, b in zip(got, want):
+        assert_rel(a, b, 1e-5)
+    for k, (a, b) in enumerate(zip(grads(got, single), grads(want, exact))):
+        assert_rel(a, b, 1e-5, msg=f"gradient {k}")
+
+
+class _Sizes(TorchDispatchMode):
+    """Largest tensor any aten op returns, in bytes (the interpreter moves storages as bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_no_pair_tensor_of_width_C():
+    """Forward and backward allocate nothing of (pairs, C): the largest tensor is a per-pair one of width 4
+    (x_diff's gradient); the plain chain allocates (b, L, L, C) tensors, which the probe sees."""
+    inputs = chain_inputs(L=12, C=16)
+    b, L, C = inputs[0].shape
+    with _Sizes() as fused:
+        grads(present(pair_chain(*inputs)), inputs)
+    with _Sizes() as plain:
+        grads(reference(*inputs), inputs)
+    assert fused.largest == b * L * L * 4 * 8  # float64
+    assert plain.largest >= b * L * L * C * 8
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def jets(n_max=9, seed=0, dtype=torch.float64):
+    """One jet of each length 1..n_max constituents, zero-padded, with labels."""
+    g = torch.Generator().manual_seed(seed)
+    n_jets = n_max
+    p = torch.randn(n_jets, n_max, 3, generator=g, dtype=torch.float64) * 40
+    p[..., 0] += 60.0
+    p4 = torch.cat([p.norm(dim=-1, keepdim=True) * 1.001, p], -1)
+    mask = torch.arange(n_max) < torch.arange(1, n_jets + 1)[:, None]
+    label = torch.randint(0, 2, (n_jets,), generator=g)
+    return (p4 * mask[..., None]).to(dtype), mask, label
+
+
+def uses_triton(t: torch.Tensor) -> bool:
+    """Whether the Triton chain is in the autograd graph of ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == "TritonPairChainBackward":
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+def model(n_hidden=16, seed=0):
+    """A training-mode float64 LorentzNet on the Triton kernels: coordinate steps that matter (larger phi_x,
+    partly clamped) and several length groups."""
+    torch.manual_seed(seed)
+    net = LorentzNet(n_hidden=n_hidden, n_layers=3, dropout=0.0, pair_kernel="triton").double().train()
+    for block in net.LGEBs[:-1]:
+        torch.nn.init.normal_(block.phi_x[2].weight, std=0.5)
+    net.group_cost = 16.0
+    return net
+
+
+def step(net, p4, mask, label):
+    """Logits of a training forward, after the backward of the loss (gradients in ``net``)."""
+    net.zero_grad()
+    logits = net(p4, mask)
+    F.cross_entropy(logits, label).backward()
+    return logits
+
+
+def test_model_triton_equals_torch_path_in_training_float64():
+    """Logits, every parameter gradient and the BatchNorm buffers (statistics over pairs from per-node sums)
+    after a training step, then eval logits: Triton kernels == the plain per-module path."""
+    fast = model()
+    plain = copy.deepcopy(fast)
+    plain.pair_kernel = "torch"
+    for block in plain.LGEBs:  # the plain per-module path, not PairChain
+        block.phi_e[3].register_forward_hook(lambda mod, inp, out: None)
+    p4, mask, label = jets()
+    a, b = step(fast, p4, mask, label), step(plain, p4, mask, label)
+    assert uses_triton(a) and not uses_triton(b)
+    assert_rel(a, b, 1e-10)
+    scale = max(q.grad.abs().max().item() for q in plain.parameters())
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10 * scale, msg=name)
+    for (name, s), t in zip(fast.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(s, t, rtol=1e-10, atol=1e-12, msg=name)
+    assert int(fast.LGEBs[0].phi_e[1].num_batches_tracked) == 1
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        assert_rel(fast(p4, mask), plain(p4, mask), 1e-10)
+
+
+def errors(net, exact, ref, p4, mask, label):
+    """(logits, gradients, BatchNorm buffers) of ``net`` (float32) after a training step, relative to ``exact``
+    (float64, after the same step, logits ``ref``): logits and buffers to their largest entry, gradients to the
+    largest one."""
+    logits = step(net, p4.float(), mask, label)
+    scale = max(q.grad.abs().max().item() for q in exact.parameters())
+    grad = max((p.grad.double() - q.grad).abs().max().item() / scale
+               for p, q in zip(net.parameters(), exact.parameters()))
+    buf = max(((s.double() - t).abs().max() / t.abs().max()).item()
+              for s, t in zip(net.buffers(), exact.buffers()) if s.is_floating_point() and t.abs().max() > 0)
+    return ((logits.double() - ref).abs().max() / ref.abs().max()).item(), grad, buf
+
+
+@pytest.fixture(scope="module")
+def exact_step():
+    """The float64 model after a training step (the reference for the float32 runs) and its data."""
+    exact, (p4, mask, label) = model(), jets()
+    exact.pair_kernel = "torch"
+    start = copy.deepcopy(exact)
+    ref = step(exact, p4, mask, label).detach()
+    return start, exact, ref, (p4, mask, label)
+
+
+def test_model_float32_as_accurate_as_the_torch_path(exact_step):
+    start, exact, ref, data = exact_step
+    fast, cpu = copy.deepcopy(start).float(), copy.deepcopy(start).float()
+    fast.pair_kernel = "triton"
+    got, want = errors(fast, exact, ref, *data), errors(cpu, exact, ref, *data)
+    print("float32 errors vs float64 (logits, gradients, buffers): triton", got, "torch", want)
+    assert got[0] < 1e-4 and got[2] < 1e-4
+    for g, w in zip(got, want):
+        assert g <= 2 * w + 1e-6
+
+
+@pytest.mark.parametrize("precision, logits_tol, grad_tol", [("tf32", 1e-3, 2e-2), ("bf16", 1e-2, 1e-1)])
+def test_model_with_emulated_gpu_precision(monkeypatch, exact_step, precision, logits_tol, grad_tol):
+    """The GPU tolerances documented in pair_triton, on the interpreter's emulation of tf32 / bf16 operands."""
+    monkeypatch.setattr(pair_triton, "INTERPRETER_PRECISION", precision)
+    start, exact, ref, data = exact_step
+    net = copy.deepcopy(start).float()
+    net.pair_kernel = "triton"
+    logits, grad, buf = errors(net, exact, ref, *data)
+    print(precision, "errors vs float64: logits", logits, "gradients", grad, "buffers", buf)
+    assert logits < logits_tol and buf < logits_tol and grad < grad_tol
+    assert logits > 1e-6  # the emulation did round the products
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_auto_on_cpu_keeps_pair_chain_and_triton_needs_the_interpreter(monkeypatch):
+    net = LorentzNet(n_hidden=8, n_layers=2)
+    assert net.pair_kernel == "auto" and all(b.pair_kernel == "auto" for b in net.LGEBs)
+    p4, mask, _ = jets(n_max=4, dtype=torch.float32)
+    seen = []
+    monkeypatch.setattr(pair_triton.TritonPairChain, "apply", lambda *a: seen.append(1))
+    net(p4, mask)
+    assert not seen  # auto on CPU: PairChain, not the kernels
+    monkeypatch.undo()
+    net.pair_kernel = "triton"
+    assert all(b.pair_kernel == "triton" for b in net.LGEBs)
+    monkeypatch.setattr(pair_triton, "_INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        net(p4, mask)
+    with pytest.raises(ValueError, match="pair_kernel"):
+        LorentzNet(n_hidden=8, n_layers=2, pair_kernel="cuda")
+
+
+def test_pair_kernel_from_model_config_and_hooks_take_the_plain_path():
+    from jetkd.config import check_model_args
+
+    spec = {"name": "lorentznet", "n_hidden": 8, "n_layers": 2, "pair_kernel": "triton"}
+    check_model_args(spec, "test")
+    net = build_model(spec).eval()
+    assert net.pair_kernel == "triton"
+    p4, mask, _ = jets(n_max=4, dtype=torch.float32)
+    seen = []
+    net.LGEBs[0].phi_x[0].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    out = net(p4, mask)
+    assert seen and seen[0][-1] == 8  # block 0 with a hook: plain modules
+    assert uses_triton(out)  # block 1 without: the kernels
