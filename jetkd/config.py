@@ -66,6 +66,7 @@ class TrainConfig:
     boost_beta_max: float = 0.0  # augmentation: boost every jet by beta ~ U[0, beta_max) along boost_axis
     boost_axis: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
     eval_batch_size: int = 512
+    bucket_by_length: int = 0  # length bucketing, batches per sorting window (0 = off; jetkd.data.loader.bucket_order)
 
 
 @dataclass
@@ -345,6 +346,7 @@ JOB_CHECKS: dict[str, Check] = {
     "data.identities_per_batch": NATURAL,
     "train.grad_clip": NON_NEGATIVE,
     "train.checkpoint_every": NATURAL,
+    "train.bucket_by_length": NATURAL,
     "train.select_by": one_of("val_acc", "val_auc", "val_loss"),
     "train.boost_beta_max": BETA,
     "train.boost_axis": three_vector,

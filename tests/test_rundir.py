@@ -260,3 +260,13 @@ def test_validation_reports_non_finite_scores_instead_of_crashing(cache, tmp_pat
     assert [r["val_nonfinite"] for r in records] == [96, 96]
     assert all(math.isnan(r[k]) for r in records for k in ("val_loss", "val_acc", "val_auc"))
     assert math.isnan(summary["best_val_acc"]) and "no epoch qualified as best" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_from_an_older_jetkd_accepts_keys_added_since(cache, tmp_path):
+    job = load_job(data=job_dict(cache, tmp_path / "run", train={"epochs": 1}))
+    Trainer(job, progress=False).fit()
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del stored["train"]["bucket_by_length"]  # as written before the key existed
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(stored))
+    Trainer(load_job(data=job_dict(cache, tmp_path / "run", train={"epochs": 2})), resume=True, progress=False).fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2

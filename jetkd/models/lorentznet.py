@@ -213,6 +213,8 @@ class LGEB(nn.Module):
     m_ij = phi_e([h_i, h_j, psi(||x_i - x_j||^2), psi(<x_i, x_j>)]) * phi_m(m_ij)    (edge message, gated)
     x_i <- x_i + c_weight * mean_{j != i} clamp((x_i - x_j) phi_x(m_ij), -100, 100)  (not in the last block)
     h_i <- h_i + phi_h([h_i, sum_{j != i} m_ij, s_i])
+
+    The plain statement of this maths (edge lists, gathers, index_add_ sums): :mod:`jetkd.models.lorentznet_reference`.
     """
 
     def __init__(self, n_hidden: int, n_scalar: int, c_weight: float, last_layer: bool = False,

@@ -28,6 +28,7 @@ class JetData:
         self.train = _open_cache(job.data.train, "data.train", job.data.in_memory)
         self.val = _open_cache(job.data.val, "data.val", True)
         self.slots = self.train.max_particles  # per-constituent taps are cached over this many slots
+        self.bucket_window = getattr(getattr(job, "train", None), "bucket_by_length", 0)  # JetData.loader
 
     def __len__(self) -> int:
         return len(self.train)
@@ -37,8 +38,10 @@ class JetData:
             cache.require_classes(n_class, where)
 
     def loader(self, batch_size: int, **kwargs):
+        """The training loader; ``train.bucket_by_length`` (batches per sorting window, 0 = off) buckets it."""
         from jetkd.data.loader import JetLoader
 
+        kwargs.setdefault("bucket_window", self.bucket_window)
         return JetLoader(self.train, batch_size, drop_last=True, **kwargs)
 
     def val_batches(self, batch_size: int):

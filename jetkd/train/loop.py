@@ -142,7 +142,8 @@ class Trainer:
         stored_path = self.run_dir / "config.yaml"
         if not stored_path.exists():
             return {}
-        stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
+        # keys a newer jetkd added since the run started count as their defaults
+        stored = {**_flat(to_dict(TrainJob())), **_flat(yaml.safe_load(stored_path.read_text()) or {})}
         given = _flat(to_dict(self.job))
         changed = {k: [stored.get(k), given.get(k)] for k in sorted(stored.keys() | given.keys())
                    if stored.get(k) != given.get(k)}
