@@ -237,3 +237,15 @@ def test_resume_continues_exactly(cache, lorentznet_teacher, tmp_path, monkeypat
                "norm": {"teacher_tap": TAP, "n": 2, "beta_warmup_epochs": 1.5}}
     # killed after step 10: mid-way through epoch 2, in the warm-up
     assert_exact_resume(lambda run: load_job(data=job_dict(cache, run, distill=distill)), tmp_path, 10, monkeypatch)
+
+
+def test_folding_into_a_fixed_point_classifier_rescales_into_its_range():
+    from jetkd.distill.norm import fixed_point_scale
+    from jetkd.quant import FixedPoint, QuantLinear
+
+    t = FixedPoint(16, 6)  # weights in [-32, 32)
+    layer = QuantLinear(4, 2, {"weight": t, "bias": t, "result": t})
+    w, b = torch.tensor([[116.0, -3.0, 0.5, 1.0], [-2.0, 40.0, 0.0, 0.0]], dtype=torch.float64), torch.tensor([9.4, -11.3])
+    assert fixed_point_scale(layer, w, b) == 0.25  # 116 / 4 = 29 < 32
+    assert fixed_point_scale(layer, w / 8, b) == 1.0
+    assert fixed_point_scale(torch.nn.Linear(4, 2), w, b) == 1.0  # float students: never

@@ -40,6 +40,7 @@ Deviations from the authors' code, and why
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,25 @@ def _linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d | None) -> tuple[torch.Tens
         return w, b
     scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
     return scale[:, None] * w, scale * (b - bn.running_mean.double()) + bn.bias.double()
+
+
+def fixed_point_scale(classifier: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> float:
+    """1, or the power of two 2^-k that brings a folded classifier of a quantization-aware student into its
+    fixed-point types (:class:`jetkd.quant.QuantLinear`): weights and bias within the range of their
+    ``ap_fixed<W,I>``. Folding the transform can give weights
+    far beyond it (found: 116 against 32 for ap_fixed<16,6>), which saturate in firmware and turn the argmax into a
+    constant. Scaling the logits by 2^-k is exact in fixed point (a shift), keeps the argmax and, for two classes,
+    the ROC; the softmax scores become those of temperature 2^k."""
+    types = getattr(classifier, "types", None)
+    if types is None:
+        return 1.0
+
+    def top(t) -> float:
+        return 2.0 ** (t.integer - 1) - 2.0 ** -t.frac
+
+    need = max(weight.abs().max().item() / top(types["weight"]), bias.abs().max().item() / top(types["bias"]))
+    k = max(0, math.ceil(math.log2(need))) if need > 0 else 0
+    return 2.0**-k
 
 
 class NORM(Method):
@@ -186,9 +206,15 @@ class NORM(Method):
         classifier = module_at(deployed, self.options.classifier)
         a, c = self.transform.affine()
         w, b = classifier.weight.double(), classifier.bias.double()
-        classifier.weight.copy_(w @ a)
-        classifier.bias.copy_(w @ c + b)
+        w, b = w @ a, w @ c + b
+        self.logit_scale = fixed_point_scale(classifier, w, b)
+        classifier.weight.copy_(w * self.logit_scale)
+        classifier.bias.copy_(b * self.logit_scale)
         return deployed.eval()
+
+    def deploy_summary(self, student: nn.Module, deployed: nn.Module) -> dict:
+        scale = getattr(self, "logit_scale", 1.0)
+        return {"logit_scale": scale} if scale != 1.0 else {}
 
     def extra_repr(self) -> str:
         o = self.options
