@@ -5,6 +5,10 @@ import os
 # As the jetkd CLI does: OpenMP threads that spin-wait for a busy core make small torch ops ~30x slower on a
 # 2-core machine shared with subprocesses (DDP, the generator's workers). Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Triton kernels run through Triton's interpreter on machines without a GPU; triton reads this when it is first
+# imported, which another test (torch's ONNX exporter) may do before tests/test_pair_triton.py: set it up front.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 import pytest  # noqa: E402
