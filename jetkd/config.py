@@ -537,6 +537,17 @@ def shipped_config(name: str):
     return folder / name
 
 
+def flat_keys(config: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (nested sections, model arguments included)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def jsonable(value: Any) -> Any:
     """Config values as plain JSON/YAML types (tuples to lists, paths to strings)."""
     if isinstance(value, dict):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jetkd.config import (PIPELINE_CHECKS, DataConfig, check_values, config_error, from_dict, load_job, merge,
+from jetkd.config import (PIPELINE_CHECKS, DataConfig, check_values, config_error, flat_keys, from_dict, load_job, merge,
                           read_config, shipped_config, to_dict)
 from jetkd.errors import InputError
 
@@ -229,22 +229,12 @@ class Stages:
 
 def _why(old: dict, config: dict, inputs: dict) -> str:
     """Why a stage's fingerprint changed: the config keys (old -> new) or the inputs that differ."""
-    flat_old, flat_new = _flatten(old.get("config", {})), _flatten(config)
+    flat_old, flat_new = flat_keys(old.get("config", {})), flat_keys(config)
     keys = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
     if keys:
         return "config changed: " + "; ".join(f"{k} {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys[:6])
     changed = [k for k in inputs if old.get("inputs", {}).get(k) != inputs[k]]
     return "its " + " and ".join(changed or ["inputs"]) + (" changed" if len(changed) < 2 else " changed")
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _given_data(data: DataConfig) -> str:

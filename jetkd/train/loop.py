@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from jetkd import __version__, lorentz
-from jetkd.config import TrainJob, to_dict
+from jetkd.config import TrainJob, flat_keys, to_dict
 from jetkd.data.loader import JetBatch
 from jetkd.distill import Method, StepOutputs, Tap, TapRecorder, build_method
 from jetkd.errors import InputError
@@ -143,8 +143,8 @@ class Trainer:
         if not stored_path.exists():
             return {}
         # keys a newer jetkd added since the run started count as their defaults
-        stored = {**_flat(to_dict(TrainJob())), **_flat(yaml.safe_load(stored_path.read_text()) or {})}
-        given = _flat(to_dict(self.job))
+        stored = {**flat_keys(to_dict(TrainJob())), **flat_keys(yaml.safe_load(stored_path.read_text()) or {})}
+        given = flat_keys(to_dict(self.job))
         changed = {k: [stored.get(k), given.get(k)] for k in sorted(stored.keys() | given.keys())
                    if stored.get(k) != given.get(k)}
         unsafe = [k for k in changed if k not in SAFE_ON_RESUME]
@@ -520,17 +520,6 @@ def build_optimizer(cfg, groups: list[dict]) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                              amsgrad=cfg.amsgrad, eps=cfg.eps)
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (model arguments included)."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _write_lines(path: Path, records: list[dict]) -> None:
