@@ -174,6 +174,7 @@ def _add_evaluate(sub) -> None:
             """
             jetkd evaluate runs/teacher runs/mlp runs/mlp_kd --data cache/test.h5 --out runs/report
             jetkd evaluate runs/deepset --data cache/test.h5 --out runs/report_z --axis 0,0,1
+            jetkd evaluate runs/deepset --data cache/test.h5 --out runs/report_jet --axis jet
             jetkd evaluate runs/s1/mlp runs/s2/mlp runs/s3/mlp --data cache/test.h5 --out runs/seeds --bootstrap 500
             """
         ),
@@ -186,7 +187,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test", help="image models: the split to evaluate on (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder for the report")
     p.add_argument("--betas", default=",".join(f"{0.05 * i:.2f}" for i in range(20)), help="boost betas (default: 0,0.05,...,0.95)")
-    p.add_argument("--axis", default="1,0,0", help="boost axis (default: %(default)s)")
+    p.add_argument("--axis", default="1,0,0", help="boost axis x,y,z, or 'jet' to boost each jet along its own "
+                   "momentum (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--bootstrap", type=int, default=200, metavar="N",
                    help="bootstrap resamples of the test jets for the 68%% intervals (default: %(default)s; 0: none)")
@@ -201,9 +203,12 @@ def _run_evaluate(args) -> int:
     from jetkd.pipeline import evaluate_checkpoints
 
     betas = np.array([float(b) for b in args.betas.split(",")])
-    axis = tuple(float(a) for a in args.axis.split(","))
-    if len(axis) != 3 or np.any(np.abs(betas) >= 1):
-        raise InputError("--axis/--betas", "expected a 3-vector axis and betas with |beta| < 1")
+    try:
+        axis = "jet" if args.axis == "jet" else tuple(float(a) for a in args.axis.split(","))
+    except ValueError:
+        axis = ()
+    if (axis != "jet" and (len(axis) != 3 or not any(axis))) or np.any(np.abs(betas) >= 1):
+        raise InputError("--axis/--betas", "expected a non-zero 3-vector axis x,y,z (or 'jet') and betas with |beta| < 1")
     if args.bootstrap < 0:
         raise InputError("--bootstrap", f"must be >= 0, got {args.bootstrap}")
     if _image_runs(args.models):

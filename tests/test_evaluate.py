@@ -573,3 +573,31 @@ def test_evaluate_model_intervals_band_and_quiet_progress(capsys, monkeypatch):
         warnings.simplefilter("ignore", UnreliableMetricWarning)
         evaluate_model(PerConstituent(), batches, betas=[0.0, 0.5], n_bootstrap=0, name="deepset", progress=True)
     assert "deepset: boost scan" in terminal.getvalue()
+
+
+def test_boost_along_each_jets_own_axis():
+    """axis="jet": every jet boosted along its own momentum: its direction is kept, each jet moves by beta along
+    a different axis, and the report and plots say so."""
+    from jetkd.evaluate.boost_scan import jet_axes
+
+    jets = toy_jets(20)
+    model = Recorder()
+    boost_scan(model, split(jets, 10), betas=[0.0, 0.6], axis="jet")
+    seen = torch.cat([p for p, *_ in model.seen[2:]]).double()
+    before, after = jet_axes(jets.p4.double())[:, 0], jet_axes(seen)[:, 0]
+    torch.testing.assert_close(after / after.norm(dim=-1, keepdim=True), before / before.norm(dim=-1, keepdim=True))
+    expected = torch.stack([lorentz.boost(jets.p4[i].double(), 0.6, before[i]) for i in range(20)]).float()
+    np.testing.assert_allclose(seen.float().numpy(), expected.numpy(), rtol=1e-5, atol=1e-4)
+    assert torch.all(seen[~jets.mask] == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableMetricWarning)
+        entry = evaluate_model(MassTagger(), split(toy_jets(100, seed=4), 50), betas=[0.0, 0.5], axis="jet", name="m")
+    assert entry["boost_axis"] == "jet" and entry["invariance_score"] == pytest.approx(1.0)  # mass is invariant
+
+
+def test_cli_evaluate_axis_is_a_three_vector_or_jet(tmp_path, capsys):
+    from jetkd.cli import main
+
+    for bad in ("0,0,0", "1,0", "x,y,z"):
+        assert main(["evaluate", "run", "--data", "t.h5", "--out", str(tmp_path), "--axis", bad]) == 2
+        assert "expected a non-zero 3-vector axis x,y,z (or 'jet')" in capsys.readouterr().err

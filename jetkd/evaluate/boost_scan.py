@@ -28,20 +28,30 @@ from jetkd.evaluate.predict import Transform, predict, stage_batches
 DEFAULT_BETAS = tuple(np.round(np.arange(0.0, 1.0, 0.05), 10).tolist())
 #: boost along x, transverse to the beam (z)
 DEFAULT_AXIS = (1.0, 0.0, 0.0)
+#: ``axis="jet"``: boost every jet along its own momentum (the sum of its constituents' three-momenta)
+JET_AXIS = "jet"
 
 
-def boost_transform(beta: float, axis: Sequence[float] = DEFAULT_AXIS) -> Transform | None:
+def jet_axes(p4: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 3): each jet's momentum direction (unnormalised), from its zero-padded constituents p4 (B, N, 4)."""
+    return p4[..., 1:].sum(-2, keepdim=True)
+
+
+def boost_transform(beta: float, axis: Sequence[float] | str = DEFAULT_AXIS) -> Transform | None:
     """``p4 -> boost(p4, beta, axis)`` for :func:`~jetkd.evaluate.predict.predict`; ``None`` for beta = 0.
+    ``axis="jet"`` boosts each jet along its own momentum (:func:`jet_axes`): the jet's constituents move
+    together and the features relative to the jet axis change least.
 
     The boost is computed in float64 and cast back to the input dtype, so float32 jets lose no precision
     to the large gamma factors near beta = 1.
     """
     if beta == 0:
         return None
-    axis = tuple(float(a) for a in axis)
+    fixed = None if axis == JET_AXIS else tuple(float(a) for a in axis)
 
     def transform(p4: torch.Tensor) -> torch.Tensor:
-        return lorentz.boost(p4.double(), beta, axis).to(p4.dtype)
+        p4d = p4.double()
+        return lorentz.boost(p4d, beta, jet_axes(p4d) if fixed is None else fixed).to(p4.dtype)
 
     return transform
 
@@ -78,7 +88,8 @@ def boost_scan(
     model:   ``model(p4, mask) -> logits``, already on ``device``.
     batches: iterable of :class:`~jetkd.data.loader.JetBatch`; read once and kept on ``device`` for all betas
              (pass a list to reuse it elsewhere).
-    betas:   speeds in units of c, each ``|beta| < 1``. axis: boost direction (3,), normalised.
+    betas:   speeds in units of c, each ``|beta| < 1``. axis: boost direction (3,), normalised, or ``"jet"``
+             (each jet along its own momentum).
 
     Returns one dict per beta, ``{"beta": float, **binary_metrics(...)}`` (accuracy, auc, rej_30, rej_50,
     n_jets, ..., warnings): see :func:`jetkd.evaluate.metrics.binary_metrics`.

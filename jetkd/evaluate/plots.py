@@ -173,6 +173,8 @@ def plot_roc(results: Mapping[str, dict], path: str | Path, *, data: Mapping | N
 
 
 def _axis_label(axis) -> str:
+    if isinstance(axis, str):
+        return "the jet axis"
     axis = [float(a) for a in (axis or (1, 0, 0))]
     for i, name in enumerate("xyz"):
         if axis[i] > 0 and all(axis[j] == 0 for j in range(3) if j != i):

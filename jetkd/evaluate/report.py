@@ -160,7 +160,7 @@ def evaluate_model(
         "flops_jets": min(flops_jets, len(labels)),
         "metrics": metrics,
         "roc": curve,
-        "boost_axis": [float(a) for a in axis],
+        "boost_axis": axis if isinstance(axis, str) else [float(a) for a in axis],
         "boost_scan": scan,
         "invariance_score": invariance_score([p["accuracy"] for p in scan]) if scan else math.nan,
         "warnings": warnings,
@@ -448,7 +448,8 @@ def markdown_report(results: Mapping[str, dict], title: str = "Evaluation report
     scans = [e for e in results.values() if e.get("boost_scan")]
     if scans:
         betas = [p["beta"] for p in scans[0]["boost_scan"]]
-        axis = ", ".join(f"{a:g}" for a in scans[0].get("boost_axis", DEFAULT_AXIS))
+        axis = scans[0].get("boost_axis", DEFAULT_AXIS)
+        axis = "each jet's own axis" if isinstance(axis, str) else ", ".join(f"{a:g}" for a in axis)
         parts += [
             (
                 f"Boost scan: the constituents (not the beams) boosted by β ∈ {_betas_text(betas)} along ({axis}); "
