@@ -65,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints (0: end of epoch only)
     boost_beta_max: float = 0.0  # augmentation: boost every jet by beta ~ U[0, beta_max) along boost_axis
     boost_axis: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
+    boost_validation: bool = False  # validate on jets boosted like the training jets (fixed seed), not unboosted
     eval_batch_size: int = 512
     bucket_by_length: int = 0  # length bucketing, batches per sorting window (0 = off; jetkd.data.loader.bucket_order)
 
@@ -90,6 +91,7 @@ class ScheduleConfig:
 
     name: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # > 0: the warm-up in optimiser steps instead (KD4Jets: 1000)
     step_epochs: int = 10  # step: multiply by gamma every step_epochs epochs ...
     gamma: float = 0.7
     milestones: list[float] = field(default_factory=list)  # ... or at these epochs (CIFAR recipes: 150, 180, 210)
@@ -359,6 +361,7 @@ JOB_CHECKS: dict[str, Check] = {
     "optim.eps": POSITIVE,
     "schedule.name": one_of("cosine", "step", "constant"),
     "schedule.warmup_epochs": NON_NEGATIVE,
+    "schedule.warmup_steps": NATURAL,
     "schedule.step_epochs": COUNT,
     "schedule.gamma": POSITIVE,
     "distill.method": one_of(*METHODS),

@@ -39,3 +39,9 @@ def test_milestone_steps_and_sgd():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
     with pytest.raises(InputError, match="optim.name: 'adam' is not one of adamw, sgd"):
         load_job(data={"optim": {"name": "adam"}})
+
+
+def test_warmup_in_steps_then_step_decay_as_kd4jets():
+    cfg = ScheduleConfig(name="step", warmup_steps=1000, step_epochs=10, gamma=0.7)
+    f = [lr_factor(cfg, s, steps_per_epoch=300, epochs=100) for s in (0, 499, 999, 1000, 2999, 3000, 6000)]
+    assert f == pytest.approx([0.001, 0.5, 1.0, 1.0, 1.0, 0.7, 0.49])

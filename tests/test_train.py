@@ -146,3 +146,18 @@ def test_cli_train_bad_input_is_one_line(cache, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "data.train" in err and "absent.h5" in err
     assert main(["train", str(config), "train.epohcs=1"]) == 2
     assert "train.epohcs: unknown key" in capsys.readouterr().err
+
+
+def test_boosted_validation_sees_the_same_boosted_jets_every_epoch(cache, tmp_path):
+    from jetkd import lorentz
+    from jetkd.train.data import JetData, boosted
+
+    job = load_job(data=job_dict(cache, tmp_path / "run", train={"boost_beta_max": 0.8, "boost_validation": True}))
+    data = JetData(job)
+    first, second = (boosted(data.val_batches(32), *data.boost) for _ in range(2))
+    for a, b, plain in zip(first, second, data.val_batches(32)):
+        assert torch.equal(a.p4, b.p4) and not torch.allclose(a.p4, plain.p4)
+        jet = lambda p4: p4.double().sum(1)  # noqa: E731
+        torch.testing.assert_close(lorentz.mass2(jet(a.p4)), lorentz.mass2(jet(plain.p4)), rtol=1e-3, atol=1.0)
+    assert Trainer(job, progress=False).fit()["best_epoch"] in (1, 2)
+    assert JetData(load_job(data=job_dict(cache, tmp_path / "u", train={"boost_beta_max": 0.8}))).boost is None

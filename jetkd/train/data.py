@@ -25,6 +25,8 @@ class JetData:
     augmented = False
 
     def __init__(self, job):
+        self.boost = (job.train.boost_beta_max, job.train.boost_axis, job.train.seed) if (
+            job.train.boost_validation and job.train.boost_beta_max > 0) else None
         self.train = _open_cache(job.data.train, "data.train", job.data.in_memory)
         self.val = _open_cache(job.data.val, "data.val", True)
         self.slots = self.train.max_particles  # per-constituent taps are cached over this many slots
@@ -65,7 +67,10 @@ class JetData:
         return batch.p4, batch.mask
 
     def validate(self, model, batch_size: int, device) -> dict:
-        return _classification(model, self.val_batches(batch_size), self.inputs, device)
+        batches = self.val_batches(batch_size)
+        if self.boost is not None:
+            batches = boosted(batches, *self.boost)
+        return _classification(model, batches, self.inputs, device)
 
     def contract(self, spec: dict, model):
         from jetkd.contract import training_contract
@@ -164,6 +169,25 @@ class ImageData:
 
     def identity(self) -> str:
         return f"{Path(self.path).resolve() if self.path != 'digits' else 'digits'}:{self.splits['train']}:{self.options}"
+
+
+def boosted(batches, beta_max: float, axis, seed: int) -> list:
+    """The validation ``batches`` with every jet boosted by its own beta ~ U[0, beta_max) along ``axis``, drawn
+    from a generator seeded by ``seed`` alone (a stream apart from the training boosts'): the same boosted jets
+    every epoch (``train.boost_validation``), so the best epoch is chosen on jets distributed like the boosted
+    training jets."""
+    import torch
+
+    from jetkd import lorentz
+    from jetkd.data.loader import JetBatch
+
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    out = []
+    for b in batches:
+        beta = torch.rand(len(b), generator=g, dtype=torch.float64) * beta_max
+        p4 = lorentz.boost(b.p4.double(), beta[:, None], axis).float() * b.mask[..., None]
+        out.append(JetBatch(p4, b.mask, b.label, b.index))
+    return out
 
 
 def _classification(model, batches, inputs, device) -> dict:

@@ -8,12 +8,12 @@ from jetkd.config import ScheduleConfig
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Factor at optimiser step ``step``: linear warm-up over ``warmup_epochs``, then
+    """Factor at optimiser step ``step``: linear warm-up over ``warmup_steps`` (or ``warmup_epochs``), then
 
     cosine: half a cosine from 1 to 0 over the remaining steps; step: ``gamma ** (epoch // step_epochs)``, or
     with ``milestones`` ``gamma ** (number of milestones passed)`` (epochs may be fractional); constant: 1.
     """
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps or int(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
     if cfg.name == "cosine":
