@@ -6,6 +6,8 @@ A pipeline config::
     generate: {jets: 6000, seed: 1, massless: true}       # or `data: {train: ..., val: ..., test: ...}`
     convert:  {max_particles: 128, seed: 1, split: {train: 0.7, val: 0.15, test: 0.15}}
     teacher:  {model: {...}, train: {...}, optim: {...}, schedule: {...}}     # a TrainJob without run_dir/data
+              # or {published: path/to/best-val-model.pt}: the released LorentzNet top-tagging checkpoint, not trained
+              # (teacher.published=PATH on the command line replaces a trained teacher)
     student_defaults: {train: {...}, optim: {...}, schedule: {...}}           # shared by every student
     students:
       mlp:    {model: {name: mlp}}
@@ -94,7 +96,14 @@ def load_pipeline(path, overrides: list[str] = ()) -> Pipeline:
         raise InputError(str(path), "give exactly one of `generate` (make jets) and `data` (existing cache files)")
     if not pipe.teacher or not pipe.students:
         raise InputError(str(path), "a pipeline needs a `teacher` section and at least one entry in `students`")
+    if "published" in pipe.teacher:  # wins over a trained teacher's sections (teacher.published=PATH overrides)
+        if not Path(str(pipe.teacher["published"])).is_file():
+            raise config_error(origins, "teacher.published", f"expected the published LorentzNet checkpoint (an "
+                                                             f"existing file), got {pipe.teacher['published']!r}")
+        pipe.teacher = {"published": pipe.teacher["published"]}
     for name, entry in {"teacher": pipe.teacher, **{f"students.{k}": v for k, v in pipe.students.items()}}.items():
+        if name == "teacher" and "published" in entry:
+            continue
         if not isinstance(entry, dict):
             raise config_error(origins, name, f"expected a mapping (a job's sections), got {entry!r}")
         for reserved in ("run_dir", "data"):
@@ -143,6 +152,16 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
                 jobs[f"students.{student}" + (f"_seed{seed}" if seed is not None else "")] = (entry, seed)
         fingerprints = {"data": data}
         for name, (entry, seed) in jobs.items():
+            if name == "teacher" and "published" in entry:
+                path = Path(str(entry["published"]))
+                stat = path.stat()
+                decision = stages.decide("teacher", {"published": str(path.resolve()), "size": stat.st_size,
+                                                     "mtime": stat.st_mtime_ns}, {"data": data}, run_dir / "teacher")
+                fingerprints["teacher"] = stages.fingerprint("teacher")
+                if decision != "reuse":
+                    _stage(f"importing the published teacher {path}")
+                    import_published_teacher(path, run_dir / "teacher", _data_paths(pipe, run_dir))
+                continue
             base = name if seed is None else name.rpartition("_seed")[0]
             job = load_job(data=_job_dict(pipe, entry, base, run_dir, seed))
             config = to_dict(job)
@@ -174,6 +193,31 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
     print((run_dir / "report.md").read_text())
     print(f"Report, plots and every run are in {run_dir.resolve()}/")
     return run_dir
+
+
+def import_published_teacher(path: Path, out: Path, data: DataConfig) -> Path:
+    """Write ``out/best.pt``: the released LorentzNet top-tagging checkpoint (:func:`jetkd.models.lorentznet.
+    load_published`) as a jetkd checkpoint, with the input contract of the data it will teach on (class names,
+    constituent count, mass convention) and its provenance; ``out`` is moved aside if it holds another run."""
+    import dataclasses
+
+    from jetkd import __version__
+    from jetkd.contract import training_contract
+    from jetkd.data.cache import JetCache
+    from jetkd.models.lorentznet import PUBLISHED_HPARAMS, load_published
+    from jetkd.rundir import OutputFolder
+    from jetkd.train.checkpoint import save_atomic
+
+    model = load_published(path)
+    spec = {"name": "lorentznet", **PUBLISHED_HPARAMS}
+    contract = training_contract(spec, model, JetCache(data.train), JetCache(data.val))
+    contract = dataclasses.replace(contract, provenance={**contract.provenance, "published": str(path.resolve()),
+                                                         "trained_on": "Top Quark Tagging Reference dataset"})
+    with OutputFolder(out, ["best.pt"], "teacher", force=True):
+        save_atomic({"jetkd_version": __version__, "config": {"model": spec, "published": str(path.resolve())},
+                     "model": model.state_dict(), "contract": contract.to_dict(), "epoch": 0,
+                     "best": {"metric": "published", "value": None, "epoch": None}}, out / "best.pt")
+    return out / "best.pt"
 
 
 class Stages:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from jetkd.cli import main
+from jetkd.errors import InputError
 from jetkd.pipeline import QUICKSTART, load_pipeline, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +158,24 @@ def test_evaluation_prints_one_line_per_model_without_a_terminal(small_run, tmp_
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stdout.splitlines() if x.startswith("evaluated ")]
     assert [x.split(" (")[0] for x in lines] == ["evaluated teacher", "evaluated mlp"] and "(2/2)" in lines[1]
+
+
+REFERENCE = ROOT / ".." / "shared" / "reference" / "lorentznet_top_pretrained.pt"
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"published LorentzNet checkpoint not found at {REFERENCE}")
+def test_pipeline_with_the_published_teacher(cache, tmp_path, capsys):
+    pipe = tiny_pipeline(cache, tmp_path / "run")
+    pipe["teacher"] = {"published": str(REFERENCE)}
+    pipe["students"] = {"ds_kd": pipe["students"]["ds_kd"]}
+    run_pipeline(load_pipeline_dict(pipe, tmp_path), progress=False)
+    ckpt = load_checkpoint_config(tmp_path / "run" / "teacher")
+    assert ckpt["published"] == str(REFERENCE.resolve()) and ckpt["model"]["n_hidden"] == 72
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "ds_kd"} and report["models"]["teacher"]["parameters"] > 200_000
+    capsys.readouterr()
+    run_pipeline(load_pipeline_dict(pipe, tmp_path), progress=False)  # unchanged: imported once, student reused
+    assert "importing the published teacher" not in capsys.readouterr().out
+    bad = {**pipe, "teacher": {"published": str(tmp_path / "absent.pt")}}
+    with pytest.raises(InputError, match="teacher.published"):
+        load_pipeline_dict(bad, tmp_path)

@@ -424,10 +424,14 @@ class LorentzNet(nn.Module):
         return self.graph_dec(h)
 
 
+#: the hyperparameters the published top-tagging checkpoint was trained with
+PUBLISHED_HPARAMS = {"n_scalar": 2, "n_hidden": 72, "n_class": 2, "n_layers": 6, "c_weight": 0.005, "dropout": 0.2}
+
+
 def load_published(path: str | Path, **kwargs) -> LorentzNet:
     """The published top-tagging checkpoint (``best-val-model.pt`` of LorentzNet-release) as a LorentzNet in
     eval mode. ``kwargs`` override the hyperparameters it was trained with (e.g. ``dropout``)."""
-    hparams = {"n_scalar": 2, "n_hidden": 72, "n_class": 2, "n_layers": 6, "c_weight": 0.005, "dropout": 0.2} | kwargs
+    hparams = PUBLISHED_HPARAMS | kwargs
     model = LorentzNet(**hparams)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in state.items()}
