@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 try:
-    import triton  # noqa: F401
+    import triton
 except ImportError:  # pragma: no cover
     pytest.skip("triton is not installed (pip install 'triton>=3.4,<4', or the test extra)", allow_module_level=True)
 
 from jetkd.models import build_model, pair_triton
-from jetkd.models.lorentznet import LorentzNet
+from jetkd.models.lorentznet import LorentzNet, psi
 from jetkd.models.pair_chain import PairChain
 from jetkd.models.pair_triton import pair_chain
 
@@ -37,23 +37,40 @@ pytestmark = pytest.mark.skipif(not pair_triton.interpreted(),
 
 
 def chain_inputs(L=9, C=16, coords=True, seed=0, dtype=torch.float64):
-    """PairChain's inputs (all but the mask requiring grad): one jet of each length 1..L (1: no pairs) padded to
-    L, and two with padding between real nodes; coordinate steps partly clamped."""
+    """The Triton chain's inputs (all but the node mask requiring grad): A, B, the nodes' four-vectors x and
+    mask, the weights. One jet of each length 1..L (1: no pairs) padded to L, and two with padding between real
+    nodes; invariants of either sign, coordinate steps partly clamped."""
     g = torch.Generator().manual_seed(seed)
     real = torch.arange(L) < torch.arange(1, L + 1)[:, None]
     holes = torch.rand(2, L, generator=g) < 0.6
     holes[:, 0] = True
     real = torch.cat([real, holes])
     b = len(real)
-    w = (real[:, :, None] & real[:, None] & ~torch.eye(L, dtype=torch.bool)).to(dtype)
 
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
 
-    x_diff = r(b, L, L, 4, scale=30.0) if coords else None
+    x = (torch.randn(b, L, 4, generator=g, dtype=torch.float64) * 20.0 * real[..., None]).to(dtype).requires_grad_()
     phi_x = [r(C, C, scale=C ** -0.5), r(C), r(1, C, scale=3.0)] if coords else [None, None, None]
-    return [r(b, L, C), r(b, L, C), r(b, L, L, 2), x_diff, w, r(C, 2), r(C, C, scale=C ** -0.5), r(C), r(1, C),
-            r(1), *phi_x]
+    return [r(b, L, C), r(b, L, C), x, real, r(C, 2), r(C, C, scale=C ** -0.5), r(C), r(1, C), r(1), *phi_x]
+
+
+def edges(x, node_mask):
+    """The pairs' e (b, L, L, 2), x_diff (b, L, L, 4) and mask w (b, L, L), with plain autograd ops, rounded as
+    LGEB rounds them."""
+    L = x.shape[1]
+    xi, xj, ei, ej = x[:, :, None, :], x[:, None, :, :], x[:, :, None, 0], x[:, None, :, 0]
+    x_diff = xi - xj
+    norms = 2 * ((ei - ej) * (ei - ej)) - (x_diff * x_diff).sum(-1)
+    dots = 2 * (ei * ej) - (xi * xj).sum(-1)
+    w = (node_mask[:, :, None] & node_mask[:, None, :] & ~torch.eye(L, dtype=torch.bool)).to(x.dtype)
+    return psi(torch.stack([norms, dots], dim=-1)), x_diff, w
+
+
+def pair_inputs(A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2):
+    """PairChain's inputs from the Triton chain's (x_diff None without phi_x)."""
+    e, x_diff, w = edges(x, node_mask)
+    return [A, B, e, x_diff if w_x0 is not None else None, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2]
 
 
 def reference(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2):
@@ -83,18 +100,23 @@ def assert_rel(got, want, rtol, msg=None):
     torch.testing.assert_close(got.to(want.dtype), want, rtol=rtol, atol=rtol * want.abs().max().item(), msg=msg)
 
 
+NAMES = ["A", "B", "x", "w_e", "w_3", "b_3", "w_m", "b_m", "w_x0", "b_x0", "w_x2"]
+
+
 @pytest.mark.parametrize("coords", [True, False])
 @pytest.mark.parametrize("blocks", [None, (4, 2), (2, 8)])  # one tile per jet; several row and column blocks
 def test_chain_float64_matches_autograd_and_pair_chain(coords, blocks):
+    """Outputs and every gradient, the coordinates' included (through psi, the Minkowski products and the
+    coordinate step; summed over j for row i and over i for column j), against autograd of the plain chain on
+    materialised e, x_diff, w and against PairChain on them."""
     inputs = chain_inputs(coords=coords)
     got = present(pair_chain(*inputs, blocks=blocks))
-    want = reference(*inputs)
-    cpu = present(PairChain.apply(*inputs))
+    want = reference(*pair_inputs(*inputs))
+    cpu = present(PairChain.apply(*pair_inputs(*inputs)))
     for a, b, c in zip(got, want, cpu):
         assert_rel(a, b, 1e-12)
         assert_rel(c, b, 1e-12)
-    names = ["A", "B", "e", "x_diff", "w_e", "w_3", "b_3", "w_m", "b_m", "w_x0", "b_x0", "w_x2"]
-    names = names if coords else [n for n in names if n not in ("x_diff", "w_x0", "b_x0", "w_x2")]
+    names = NAMES if coords else [n for n in NAMES if n not in ("w_x0", "b_x0", "w_x2")]
     g_got, g_want, g_cpu = grads(got, inputs), grads(want, inputs), grads(cpu, inputs)
     assert len(g_got) == len(names)
     for name, a, b, c in zip(names, g_got, g_want, g_cpu):
@@ -104,67 +126,89 @@ def test_chain_float64_matches_autograd_and_pair_chain(coords, blocks):
 
 
 def test_chain_length_one_jet_and_padding_give_zero():
-    """A one-node jet has no pairs: zero agg, dx and gradients for it; padded rows stay zero too."""
+    """A one-node jet has no pairs: zero agg, dx and gradients (A, B and x) for it; padded rows stay zero too,
+    whatever the padded nodes' coordinates."""
     inputs = chain_inputs(L=6)
+    real = inputs[3]
+    with torch.no_grad():
+        inputs[2][~real] = 7.0  # padded nodes with coordinates: the mask alone must keep them out
     agg, dx = pair_chain(*inputs, blocks=(4, 4))
-    real = inputs[4].sum(2) > 0  # nodes with a real pair
+    paired = real & (real.sum(1, keepdim=True) > 1)  # nodes with a real pair
     assert (agg[0] == 0).all() and (dx[0] == 0).all()  # jet 0: length 1
-    assert (agg[~real] == 0).all() and (dx[~real] == 0).all()
-    assert (agg[real].abs().sum(-1) > 0).all()
-    gA, gB = grads([agg, dx], inputs)[:2]
-    assert (gA[0] == 0).all() and (gB[0] == 0).all()
+    assert (agg[~paired] == 0).all() and (dx[~paired] == 0).all()
+    assert (agg[paired].abs().sum(-1) > 0).all()
+    got = grads([agg, dx], inputs)
+    gA, gB, gx = got[:3]
+    assert (gA[0] == 0).all() and (gB[0] == 0).all() and (gx[0] == 0).all()
+    assert (gx[~paired] == 0).all() and (gx[paired].abs().sum(-1) > 0).all()
+    want = grads(reference(*pair_inputs(*inputs)), inputs)
+    for name, a, b in zip(NAMES, got, want):
+        assert_rel(a, b, 1e-10, msg=name)
 
 
 def test_chain_clamp_is_exercised():
-    """Guards the tests above: the coordinate step is clamped on some real pairs, not on all."""
-    A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2 = chain_inputs()
+    """Guards the tests above: the coordinate step is clamped on some real pairs, not on all, and both
+    invariants take both signs."""
+    A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2 = pair_inputs(*chain_inputs())
     with torch.no_grad():
         m = torch.relu(torch.relu(A[:, :, None] + B[:, None] + e @ w_e.T) @ w_3.T + b_3)
         m = m * torch.sigmoid(m @ w_m.T + b_m)
         step = (x_diff * (torch.relu(m @ w_x0.T + b_x0) @ w_x2.T)).abs()[w > 0]
     assert (step > 100).any() and (step < 100).any()
+    assert all((e[..., k][w > 0] > 0).any() and (e[..., k][w > 0] < 0).any() for k in range(2))
 
 
 @pytest.mark.parametrize("coords", [True, False])
 @pytest.mark.parametrize("blocks", [None, (4, 4)])
 def test_chain_float32_at_interpreter_tolerance(coords, blocks):
-    """float32 inputs, float32 ("ieee") products: outputs and every gradient within 1e-5 of float64."""
+    """float32 inputs, float32 ("ieee") products: outputs and every gradient within 1e-5 of float64 (on the same
+    float32-representable inputs; the invariants are computed in float32 from them, as LGEB does)."""
     exact = chain_inputs(L=12, coords=coords, seed=2)
-    single = [None if t is None else t.detach().float().requires_grad_(t.requires_grad) for t in exact]
-    got, want = present(pair_chain(*single, blocks=blocks)), reference(*exact)
+    exact = [t if t is None or not t.is_floating_point() else t.detach().float().double().requires_grad_()
+             for t in exact]
+    single = [t if t is None or not t.is_floating_point() else t.detach().float().requires_grad_()
+              for t in exact]
+    got, want = present(pair_chain(*single, blocks=blocks)), reference(*pair_inputs(*exact))
     assert all(o.dtype == torch.float32 for o in got)
     for a, b in zip(got, want):
         assert_rel(a, b, 1e-5)
-    for k, (a, b) in enumerate(zip(grads(got, single), grads(want, exact))):
-        assert_rel(a, b, 1e-5, msg=f"gradient {k}")
+    for name, a, b in zip(NAMES, grads(got, single), grads(want, exact)):
+        assert_rel(a, b, 1e-5, msg=name)
 
 
 class _Sizes(TorchDispatchMode):
-    """Largest tensor any aten op returns, in bytes (the interpreter moves storages as bytes)."""
+    """Largest tensor any aten op returns, in bytes (the interpreter moves storages as bytes), and every shape."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.shapes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel() * t.element_size())
+                self.shapes.append(tuple(t.shape))
         return out
 
 
-def test_no_pair_tensor_of_width_C():
-    """Forward and backward allocate nothing of (pairs, C): the largest tensor is a per-pair one of width 4
-    (x_diff's gradient); the plain chain allocates (b, L, L, C) tensors, which the probe sees."""
-    inputs = chain_inputs(L=12, C=16)
+def test_no_pair_tensor():
+    """Forward and backward allocate nothing per pair: no (b, L, L, ...) tensor, and nothing larger than the node
+    tensors (b, L, C) and the weight-gradient partial sums (one (C, C) per program) -- smaller than one float
+    per pair here. The plain chain (e, x_diff, w materialised) allocates (b, L, L, C) tensors, which the probe
+    sees."""
+    inputs = chain_inputs(L=40, C=16)
     b, L, C = inputs[0].shape
     with _Sizes() as fused:
         grads(present(pair_chain(*inputs)), inputs)
     with _Sizes() as plain:
-        grads(reference(*inputs), inputs)
-    assert fused.largest == b * L * L * 4 * 8  # float64
+        grads(reference(*pair_inputs(*inputs)), inputs)
+    assert not [s for s in fused.shapes if s[:3] == (b, L, L)]
+    n_prog = b * triton.cdiv(L, pair_triton._blocks(C, True)[0])
+    assert fused.largest <= max(b * L * C, n_prog * C * C) * 8 < b * L * L * 8  # float64
     assert plain.largest >= b * L * L * C * 8
+    assert [s for s in plain.shapes if s[:3] == (b, L, L)]
 
 
 # ----------------------------------------------------------------------------- the model

@@ -245,8 +245,11 @@ class LGEB(nn.Module):
         a, b = F.linear(h, w_a), F.linear(h, w_b)  # (B, M, C): the node halves of phi_e.0
         # Edge invariants of each group, from the coordinates the previous block left.
         xs = grid.split(x)  # [(b, L, 4)]
+        fused = self._fused(h)
+        # The Triton kernels compute e and x_diff per tile; only the BatchNorm moments (training) still read e.
+        pairs = xs if fused != "triton" or self.phi_e[1].training else []
         x_diff, e = [], []
-        for xg in xs:
+        for xg in pairs:
             xi, xj, ei, ej = xg[:, :, None, :], xg[:, None, :, :], xg[:, :, None, 0], xg[:, None, :, 0]
             x_diff.append(xi - xj)  # (b, L, L, 4)
             # mdot(x_diff, x_diff) and mdot(xi, xj), with the energy products taken from the (small) node tensor
@@ -264,13 +267,16 @@ class LGEB(nn.Module):
             w_e_fold = w_e * scale[:, None]  # (C, 2)
 
         agg, dx = [], []
-        fused = self._fused(h)
+        node_masks = grid.split(node_mask) if fused == "triton" else None
         for g in range(len(grid)):
-            if fused:  # the same chain as below, in cache-sized chunks (PairChain) or fused Triton kernels
+            if fused == "triton":  # the kernels compute e, x_diff and the pair mask per tile from the nodes
+                agg_g, dx_g = _triton_chain()(a_fold[g], bs[g] * scale, xs[g], node_masks[g], w_e_fold,
+                                              *self._chain_weights())
+            elif fused:  # the same chain as below, in cache-sized chunks (PairChain)
                 xd = None if self.last_layer else x_diff[g]
-                chain = _triton_chain() if fused == "triton" else PairChain.apply
-                agg_g, dx_g = chain(a_fold[g], bs[g] * scale, e[g], xd, grid.w[g].to(h.dtype), w_e_fold,
-                                    *self._chain_weights())
+                agg_g, dx_g = PairChain.apply(a_fold[g], bs[g] * scale, e[g], xd, grid.w[g].to(h.dtype), w_e_fold,
+                                              *self._chain_weights())
+            if fused:
                 agg.append(agg_g)
                 if not self.last_layer:
                     dx.append(dx_g / grid.deg[g])

@@ -1,7 +1,10 @@
 """The per-pair chain of a LorentzNet block as fused Triton kernels (GPU; CPU through Triton's interpreter).
 
-Same maths, inputs and outputs as :class:`jetkd.models.pair_chain.PairChain` (whose docstring states the chain),
-for one (b, L, L) grid of node pairs, w_ij the pair mask:
+Same maths and outputs as :class:`jetkd.models.pair_chain.PairChain` (whose docstring states the chain), for
+one (b, L, L) grid of node pairs, but from the nodes alone: the kernels take the four-vectors x (b, L, 4) and
+the node mask (b, L) and compute, per tile, what LGEB materialises for PairChain -- the invariants
+e_ij = psi([||x_i - x_j||^2, <x_i, x_j>]) (Minkowski, rounded as LGEB rounds them), x_diff_ij = x_i - x_j and
+the pair mask w_ij = mask_i mask_j [i != j]:
 
     p_ij   = A_i + B_j + W_e e_ij                     (phi_e.0 and its BatchNorm, folded)
     m_ij   = relu(W_3 relu(p_ij) + b_3)               (phi_e.2 .. phi_e.4)
@@ -9,34 +12,35 @@ for one (b, L, L) grid of node pairs, w_ij the pair mask:
     agg_i  = sum_j w_ij m_ij
     dx_i   = sum_j w_ij clamp(x_diff_ij phi_x(m_ij), -100, 100),   phi_x(m) = W_x2 relu(W_x0 m + b_x0)
 
-Algorithm (FlashAttention's pattern, with the pair grid in place of the attention matrix). One program per jet
-and block of ``BI`` rows i; it loops over blocks of ``BJ`` columns j and builds the (BI * BJ, C) tile of pairs in
-registers: p from the node rows A_i, B_j and the pair's two invariants, relu, phi_e's C x C product (``tl.dot``),
-+ b_3, relu, the gate, the second C x C product of phi_x, and adds the tile's sums over j into the row block's
-accumulators (agg_i: BI x C, dx_i: BI x 4), which are written once at the end. Nothing of width C per pair
-leaves the chip, forward or backward.
+Algorithm (FlashAttention's pattern, with the pair grid in place of the attention matrix). One program per jet and
+block of ``BI`` rows i; it loops over blocks of ``BJ`` columns j and builds the (BI * BJ, C) tile of pairs in
+registers: the pairs' x_diff, invariants and mask from the tile's node rows x_i, x_j, then p from the node rows A_i,
+B_j and the two invariants, relu, phi_e's C x C product (``tl.dot``), + b_3, relu, the gate, the second C x C
+product of phi_x, and adds the tile's sums over j into the row block's accumulators (agg_i: BI x C, dx_i: BI x 4),
+which are written once at the end. Nothing of width C per pair leaves the chip, forward or backward.
 
 Backward recomputes the tile's forward (p, relu(p), m before the gate, the gate, relu(W_x0 m + b_x0): the two
 forward C x C products) from the same inputs instead of keeping anything per pair, then runs the chain's four
-backward C x C products (d/dm through phi_x, the weight gradients of phi_x.0 and phi_e.3, d/dp) on the tile.
-d/dA_i (a sum over j) accumulates in registers; d/dB_j (a sum over i, i.e. over programs) goes out with
-``atomic_add`` per tile; d/de_ij and d/dx_diff_ij are per pair (2 and 4 floats) and are stored; every weight and
-bias gradient accumulates over the program's pairs in registers and is written as one partial sum per program,
-summed afterwards (deterministic; no atomics on weights). A training step thus runs 8 (pairs, C) x (C, C)
-products per block where :class:`PairChain` runs 6 (it keeps 2 C floats per pair instead).
+backward C x C products (d/dm through phi_x, the weight gradients of phi_x.0 and phi_e.3, d/dp) on the tile. d/dA_i
+(a sum over j) accumulates in registers; d/dB_j (a sum over i, i.e. over programs) goes out with ``atomic_add`` per
+tile; d/de_ij (through psi' = 1 / (1 + |v|)) and d/dx_diff_ij go back through the Minkowski products to the
+coordinates in registers, d/dx_i (a sum over j) and d/dx_j (a sum over i) added with ``atomic_add`` into one (b, L,
+4) gradient, so nothing per pair is stored; every weight and bias gradient accumulates over the program's pairs in
+registers and is written as one partial sum per program, summed afterwards (deterministic; no atomics on weights). A
+training step thus runs 8 (pairs, C) x (C, C) products per block where :class:`PairChain` runs 6 (it keeps 2 C
+floats per pair instead).
 
-Memory. The kernels read the edge invariants e (b, L, L, 2), x_diff (b, L, L, 4) and the pair mask w (b, L, L)
-that :class:`jetkd.models.lorentznet.LGEB` already computes: the same signature as :class:`PairChain`, so LGEB
-calls either, and autograd takes d/de and d/dx_diff back to the coordinates. Those are 7 floats per pair,
-O(N^2) per jet, but every tensor of width C is O(N C) per jet (A, B, agg, their gradients, (C, C) partials per
-program): at batch 128 with ~130 nodes per jet (~2.2 M pairs) 60 MB per block, where one (pairs, 72) float32
-tensor of the plain path is 630 MB and it keeps several per block. Computing e and x_diff inside the kernel
-from the (b, L, 4) coordinates would remove the N^2 term from the chain, but not from the block: the BatchNorm
-statistics over pairs (:meth:`LGEB._moments`, unchanged here) take row sums of e and sum_ij w e e^T from the
-same (b, L, L, 2) tensor. Doing both in-kernel is the next step if the invariants ever dominate memory.
+Memory. The chain holds no per-pair tensor, forward or backward: its inputs, outputs, their gradients and the
+(C, C) partial sums per program are O(N C) per jet (at batch 128 with ~130 nodes per jet, ~2.2 M pairs, 60 MB
+per block, where one (pairs, 72) float32 tensor of the plain path is 630 MB). The block is not yet free of
+O(N^2): in training, the BatchNorm statistics over pairs (:meth:`jetkd.models.lorentznet.LGEB._moments`) still
+take row sums of e and sum_ij w e e^T from a materialised (b, L, L, 2) e (which autograd keeps, with x_diff,
+for d/dx), and :class:`jetkd.models.lorentznet.PairGrid` still builds the (b, L, L) pair masks for its degrees.
+In eval mode LGEB builds no e or x_diff for the kernels. Computing the moments' sums in a kernel too is the
+next step.
 
 Numerics. Every elementwise step, the gate, the clamp and all sums and accumulators are float32 (float64 when
-the inputs are float64, used by the tests under the interpreter); coordinates and invariants stay float32.
+the inputs are float64, used by the tests under the interpreter), the invariants and their backward included.
 Only the operands of the C x C products are rounded: ``precision`` "ieee" (float32 products), "tf32"
 (the default on GPU, :data:`GPU_PRECISION`: tensor-core TF32 inputs, 10-bit mantissa, float32 accumulation),
 "bf16" (the default under CUDA autocast: bfloat16 inputs, float32 accumulation). Under the interpreter "ieee" is
@@ -48,7 +52,7 @@ seen with the emulation (C = 16, 3 blocks, a training step): logits ~1e-3 relati
 measured), ~1e-2 with "bf16" (2.1e-3); gradients relative to the largest gradient ~2e-2 / ~1e-1 (1.5e-2 /
 6.6e-2; float32 "ieee" alone gives 1.6e-2 there, the coordinate steps of that test model being large and partly
 clamped), since a rounded product moves pairs across ReLU and clamp thresholds. Not yet confirmed on a GPU. The
-atomic d/dB sums make B's gradient non-deterministic in its last bits on GPU.
+atomic d/dB and d/dx sums make the gradients of B and x non-deterministic in their last bits on GPU.
 
 Speed. The GPU figures the kernel was written for -- >= 10x the edge-list reference (``scripts/bench_teacher.py``)
 at batch 32 and >= 20k jets/s at batch 128 on an H100/H200 -- are NOT measured yet: no GPU was available when it
@@ -111,7 +115,47 @@ def _gate(a, bj, e0, e1, wij, we0, we1, w3t, b3, wm, bm,
 
 
 @triton.jit
-def _pair_fwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C, n_ib,
+def _psi(v):
+    """sign(v) log(|v| + 1) (:func:`jetkd.models.lorentznet.psi`); log1p as log(u) * a / (u - 1), u = 1 + a
+    (accurate to a few ulps without libdevice, which the interpreter lacks)."""
+    a = tl.abs(v)
+    u = 1.0 + a
+    l = tl.where(u == 1.0, a, tl.log(u) * (a / tl.where(u == 1.0, 1.0, u - 1.0)))
+    return tl.where(v < 0.0, -l, l)
+
+
+@triton.jit
+def _dpsi(v):
+    """psi'(v) = 1 / (1 + |v|), 0 at v = 0 (as autograd of sign * log1p(abs) gives)."""
+    return tl.where(v == 0.0, 0.0, 1.0 / (1.0 + tl.abs(v)))
+
+
+@triton.jit
+def _nodes(X, NM, k, r, L):
+    """Rows r (< L) of jet k: four-vectors (R, 4), their energies (R,) and the node mask (R,), 0 beyond L."""
+    ok = r < L
+    n = k * L + r
+    four = tl.arange(0, 4)
+    x = tl.load(X + n[:, None] * 4 + four[None, :], mask=ok[:, None], other=0.0)
+    x0 = tl.load(X + n * 4, mask=ok, other=0.0)
+    nm = tl.load(NM + n, mask=ok, other=0.0)
+    return x, x0, nm
+
+
+@triton.jit
+def _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj):
+    """A tile's pairs from its nodes, rounded as LGEB rounds them: x_i - x_j (BI, BJ, 4), the Minkowski
+    products ||x_i - x_j||^2 and <x_i, x_j> (BI, BJ) and the pair mask (real i != j) (BI, BJ)."""
+    d = xi[:, None, :] - xj[None, :, :]
+    de = xi0[:, None] - xj0[None, :]
+    norms = 2.0 * (de * de) - tl.sum(d * d, 2)
+    dots = 2.0 * (xi0[:, None] * xj0[None, :]) - tl.sum(xi[:, None, :] * xj[None, :, :], 2)
+    w2 = tl.where(ri[:, None] != rj[None, :], nmi[:, None] * nmj[None, :], 0.0)
+    return d, norms, dots, w2
+
+
+@triton.jit
+def _pair_fwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C, n_ib,
               COORDS: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
               PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (jet k, row block ib): agg and dx of rows ib * BI .. + BI. All tensors contiguous."""
@@ -124,6 +168,7 @@ def _pair_fwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C,
     row_ok, c_ok = ri < L, cc < C
     rows = k * L + ri
     a = tl.load(A + rows[:, None] * C + cc[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+    xi, xi0, nmi = _nodes(X, NM, k, ri, L)
     we0 = tl.load(WE + cc * 2, mask=c_ok, other=0.0)
     we1 = tl.load(WE + cc * 2 + 1, mask=c_ok, other=0.0)
     b3 = tl.load(B3 + cc, mask=c_ok, other=0.0)
@@ -141,18 +186,16 @@ def _pair_fwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C,
         rj = j0 + tl.arange(0, BJ)
         col_ok = rj < L
         bj = tl.load(Bn + (k * L + rj)[:, None] * C + cc[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
-        pair = rows[:, None] * L + rj[None, :]  # (BI, BJ) flat pair index
-        pm = row_ok[:, None] & col_ok[None, :]
-        wij = tl.reshape(tl.load(W + pair, mask=pm, other=0.0), [BI * BJ])
-        e0 = tl.load(E + pair * 2, mask=pm, other=0.0)
-        e1 = tl.load(E + pair * 2 + 1, mask=pm, other=0.0)
-        _, m0, gw = _gate(a, bj, e0, e1, wij, we0, we1, w3t, b3, wm, bm, BI, BJ, BC, PRECISION, INTERPRET)
+        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
+        xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
+        wij = tl.reshape(w2, [BI * BJ])
+        _, m0, gw = _gate(a, bj, _psi(norms), _psi(dots), wij, we0, we1, w3t, b3, wm, bm, BI, BJ, BC, PRECISION,
+                          INTERPRET)
         m = m0 * gw[:, None]
         agg += tl.sum(tl.reshape(m, [BI, BJ, BC]), 1)
         if COORDS:
             r2 = tl.maximum(_dot(m, wx0t, PRECISION, INTERPRET) + bx0[None, :], 0.0)
             pw = tl.reshape(tl.sum(r2 * wx2[None, :], 1) * wij, [BI, BJ])  # phi_x, 0 on padded pairs
-            xd = tl.load(XD + pair[:, :, None] * 4 + four[None, None, :], mask=pm[:, :, None], other=0.0)
             dx += tl.sum(tl.minimum(tl.maximum(xd * pw[:, :, None], -100.0), 100.0), 1)
     tl.store(AGG + rows[:, None] * C + cc[None, :], agg, mask=row_ok[:, None] & c_ok[None, :])
     if COORDS:
@@ -160,13 +203,14 @@ def _pair_fwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C,
 
 
 @triton.jit
-def _pair_bwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
-              DA, DB, DE, DXD, PW3, PB3, PWM, PBM, PWE, PWX0, PBX0, PWX2, L, C, n_ib,
-              COORDS: tl.constexpr, STORE_DE: tl.constexpr, STORE_DXD: tl.constexpr, ACC: tl.constexpr,
+def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
+              DA, DB, DXN, PW3, PB3, PWM, PBM, PWE, PWX0, PBX0, PWX2, L, C, n_ib,
+              COORDS: tl.constexpr, GRAD_X: tl.constexpr, ACC: tl.constexpr,
               BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
               INTERPRET: tl.constexpr):
     """Program (jet k, row block ib): recomputes its tiles' forward, writes dA of its rows, adds dB of each
-    tile's columns atomically, writes de and dx_diff of its pairs and its partial sums of the weight gradients
+    tile's columns atomically, adds d/dx of its rows and of each tile's columns atomically (GRAD_X),
+    writes its partial sums of the weight gradients
     (row ``pid`` of the P* buffers)."""
     pid = tl.program_id(0)
     k = (pid // n_ib).to(tl.int64)
@@ -178,6 +222,9 @@ def _pair_bwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
     rows = k * L + ri
     rc_mask = row_ok[:, None] & c_ok[None, :]
     a = tl.load(A + rows[:, None] * C + cc[None, :], mask=rc_mask, other=0.0)
+    xi, xi0, nmi = _nodes(X, NM, k, ri, L)
+    eta = tl.where(four == 0, 1.0, -1.0)  # the Minkowski metric's diagonal
+    dxi = tl.zeros([BI, 4], dtype=ACC)
     ga = tl.load(GAGG + rows[:, None] * C + cc[None, :], mask=rc_mask, other=0.0)  # d loss / d agg_i
     ga = tl.reshape(tl.broadcast_to(ga[:, None, :], [BI, BJ, BC]), [BI * BJ, BC])  # d loss / d m_ij (m is 0 off w)
     we0 = tl.load(WE + cc * 2, mask=c_ok, other=0.0)
@@ -209,22 +256,17 @@ def _pair_bwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
         rj = j0 + tl.arange(0, BJ)
         col_ok = rj < L
         bj = tl.load(Bn + (k * L + rj)[:, None] * C + cc[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
-        pair = rows[:, None] * L + rj[None, :]
-        pm = row_ok[:, None] & col_ok[None, :]
-        w2 = tl.load(W + pair, mask=pm, other=0.0)
+        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
+        xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
         wij = tl.reshape(w2, [BI * BJ])
-        e0 = tl.load(E + pair * 2, mask=pm, other=0.0)
-        e1 = tl.load(E + pair * 2 + 1, mask=pm, other=0.0)
+        e0, e1 = _psi(norms), _psi(dots)
         r1, m0, gw = _gate(a, bj, e0, e1, wij, we0, we1, w3t, b3, wm, bm, BI, BJ, BC, PRECISION, INTERPRET)
         if COORDS:
             m = m0 * gw[:, None]
             r2 = tl.maximum(_dot(m, wx0t, PRECISION, INTERPRET) + bx0[None, :], 0.0)
             pw = tl.reshape(tl.sum(r2 * wx2[None, :], 1), [BI, BJ]) * w2  # phi_x, 0 on padded pairs
-            xd = tl.load(XD + pair[:, :, None] * 4 + four[None, None, :], mask=pm[:, :, None], other=0.0)
             u = xd * pw[:, :, None]
             g4 = tl.where((u >= -100.0) & (u <= 100.0), gdx[:, None, :], 0.0)  # the clamp passes the gradient
-            if STORE_DXD:
-                tl.store(DXD + pair[:, :, None] * 4 + four[None, None, :], g4 * pw[:, :, None], mask=pm[:, :, None])
             dpx = tl.reshape(tl.sum(g4 * xd, 2) * w2, [BI * BJ])  # d loss / d phi_x
             dwx2 += tl.sum(dpx[:, None] * r2, 0)
             dy = tl.where(r2 > 0.0, dpx[:, None] * wx2[None, :], 0.0)  # d loss / d (W_x0 m + b_x0)
@@ -248,10 +290,19 @@ def _pair_bwd(A, Bn, E, XD, W, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
         e1f = tl.reshape(e1, [BI * BJ])
         dwe0 += tl.sum(dp * e0f[:, None], 0)
         dwe1 += tl.sum(dp * e1f[:, None], 0)
-        if STORE_DE:
-            tl.store(DE + pair * 2, tl.reshape(tl.sum(dp * we0[None, :], 1), [BI, BJ]), mask=pm)
-            tl.store(DE + pair * 2 + 1, tl.reshape(tl.sum(dp * we1[None, :], 1), [BI, BJ]), mask=pm)
+        if GRAD_X:
+            # through psi and the Minkowski products: d/d(x_i - x_j) (BI, BJ, 4) and d/d<x_i, x_j> (BI, BJ)
+            dn = tl.reshape(tl.sum(dp * we0[None, :], 1), [BI, BJ]) * _dpsi(norms) * w2
+            dd = tl.reshape(tl.sum(dp * we1[None, :], 1), [BI, BJ]) * _dpsi(dots) * w2
+            gd = (2.0 * dn)[:, :, None] * (xd * eta[None, None, :])
+            if COORDS:
+                gd += g4 * pw[:, :, None]  # d / d x_diff through the coordinate step
+            dxi += tl.sum(gd + dd[:, :, None] * (xj * eta[None, :])[None, :, :], 1)
+            dxj = tl.sum(dd[:, :, None] * (xi * eta[None, :])[:, None, :] - gd, 0)
+            tl.atomic_add(DXN + (k * L + rj)[:, None] * 4 + four[None, :], dxj, mask=col_ok[:, None])
     tl.store(DA + rows[:, None] * C + cc[None, :], da, mask=rc_mask)
+    if GRAD_X:
+        tl.atomic_add(DXN + rows[:, None] * 4 + four[None, :], dxi, mask=row_ok[:, None])
     part = pid.to(tl.int64)
     tl.store(PW3 + part * C * C + cc[:, None] * C + cc[None, :], dw3, mask=wmask)
     tl.store(PB3 + part * C + cc, db3, mask=c_ok)
@@ -307,15 +358,16 @@ def check_device(device: torch.device) -> None:
 
 
 class TritonPairChain(torch.autograd.Function):
-    """``(agg, dx) = TritonPairChain.apply(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2,
-    precision, blocks)``: :class:`jetkd.models.pair_chain.PairChain`'s inputs and outputs (see there), plus
-    ``precision`` (one of :data:`PRECISIONS`, resolved) and ``blocks`` ((block_i, block_j) or None). All
-    tensors contiguous, one dtype: float32 (or float64). Use :func:`pair_chain`, which prepares them."""
+    """``(agg, dx) = TritonPairChain.apply(A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2,
+    precision, blocks)``: :class:`jetkd.models.pair_chain.PairChain`'s outputs, with the pairs' invariants e,
+    x_diff and mask w computed in the kernels from the nodes' four-vectors x (b, L, 4) and mask (b, L) (see
+    :func:`pair_chain`); ``precision`` one of :data:`PRECISIONS`, resolved; ``blocks`` (block_i, block_j) or
+    None. All tensors contiguous, one dtype: float32 (or float64). Use :func:`pair_chain`, which prepares them."""
 
     @staticmethod
-    def forward(ctx, A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2, precision, blocks):
+    def forward(ctx, A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2, precision, blocks):
         b, L, C = A.shape
-        coords = x_diff is not None
+        coords = w_x0 is not None
         agg = A.new_zeros(b, L, C)
         dx = A.new_zeros(b, L, 4) if coords else None
         BI, BJ, BC = _blocks(C, False, *(blocks or ()))
@@ -323,40 +375,39 @@ class TritonPairChain(torch.autograd.Function):
         if b * L:
             dummy = A  # stands for the absent phi_x tensors (never read)
             _pair_fwd[(b * n_ib,)](
-                A, B, e, x_diff if coords else dummy, w, w_e, w_3, b_3, w_m, b_m,
+                A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m,
                 *((w_x0, b_x0, w_x2) if coords else (dummy,) * 3), agg, dx if coords else dummy, L, C, n_ib,
                 COORDS=coords, ACC=_acc(A.dtype), BI=BI, BJ=BJ, BC=BC, PRECISION=precision,
                 INTERPRET=_INTERPRETED, num_warps=4)
-        ctx.save_for_backward(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2)
+        ctx.save_for_backward(A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2)
         ctx.precision, ctx.blocks = precision, blocks
         return agg, dx
 
     @staticmethod
     def backward(ctx, g_agg, g_dx):
-        A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2 = ctx.saved_tensors
+        A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2 = ctx.saved_tensors
         b, L, C = A.shape
-        coords = x_diff is not None
+        coords = w_x0 is not None
         need = ctx.needs_input_grad
         g_agg = torch.zeros_like(A) if g_agg is None else g_agg.to(A.dtype).contiguous()
         BI, BJ, BC = _blocks(C, True, *(ctx.blocks or ()))
         n_ib = triton.cdiv(L, BI)
         n_prog = b * n_ib
         dA, dB = torch.zeros_like(A), torch.zeros_like(B)
-        de = torch.zeros_like(e) if need[2] else None
-        dxd = torch.zeros_like(x_diff) if coords and need[3] else None
+        d_x = torch.zeros_like(x) if need[2] else None
         new = A.new_zeros
         parts = [new(n_prog, C, C), new(n_prog, C), new(n_prog, C), new(n_prog), new(n_prog, C, 2)]
         if coords:
-            g_dx = torch.zeros_like(A[..., :4]) if g_dx is None else g_dx.to(A.dtype).contiguous()
+            g_dx = torch.zeros_like(x) if g_dx is None else g_dx.to(A.dtype).contiguous()
             parts += [new(n_prog, C, C), new(n_prog, C), new(n_prog, C)]
         if n_prog:
             dummy = A
             phi_x = (w_x0, b_x0, w_x2) if coords else (dummy,) * 3
             _pair_bwd[(n_prog,)](
-                A, B, e, x_diff if coords else dummy, w, w_e, w_3, b_3, w_m, b_m, *phi_x,
-                g_agg, g_dx if coords else dummy, dA, dB, dummy if de is None else de,
-                dummy if dxd is None else dxd, *parts, *([dummy] * (8 - len(parts))), L, C, n_ib,
-                COORDS=coords, STORE_DE=de is not None, STORE_DXD=dxd is not None, ACC=_acc(A.dtype),
+                A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, *phi_x,
+                g_agg, g_dx if coords else dummy, dA, dB, dummy if d_x is None else d_x,
+                *parts, *([dummy] * (8 - len(parts))), L, C, n_ib,
+                COORDS=coords, GRAD_X=d_x is not None, ACC=_acc(A.dtype),
                 BI=BI, BJ=BJ, BC=BC, PRECISION=ctx.precision, INTERPRET=_INTERPRETED,
                 num_warps=8 if BC >= 64 else 4)
         dw_3, db_3, dw_m, db_m, dw_e, *dphi_x = (t.sum(0) for t in parts)
@@ -365,17 +416,21 @@ class TritonPairChain(torch.autograd.Function):
             phi_x = (dw_x0, db_x0, dw_x2.view(1, C))
         else:
             phi_x = (None, None, None)
-        return (dA, dB, de, dxd, None, dw_e, dw_3, db_3, dw_m.view(1, C), db_m.view(1), *phi_x, None, None)
+        return (dA, dB, d_x, None, dw_e, dw_3, db_3, dw_m.view(1, C), db_m.view(1), *phi_x, None, None)
 
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def pair_chain(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2, *,
+def pair_chain(A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2, *,
                precision: str | None = None, blocks: tuple[int, int] | None = None):
-    """The pair chain on the Triton kernels: :class:`jetkd.models.pair_chain.PairChain`'s arguments and results
-    (differentiable in every input but ``w``). Computes in float64 if ``A`` is float64, else in float32 (inputs
+    """The pair chain on the Triton kernels, from the nodes: A, B (b, L, C), x (b, L, 4) the nodes'
+    four-vectors, node_mask (b, L) (bool or 0/1), then :class:`jetkd.models.pair_chain.PairChain`'s weights
+    (w_x0, b_x0, w_x2 None: no coordinate step, dx None). Computes, per pair, what LGEB otherwise materialises
+    and PairChain reads: e_ij = psi([||x_i - x_j||^2, <x_i, x_j>]), x_diff_ij = x_i - x_j and w_ij = mask_i
+    mask_j [i != j]. Returns ``(agg, dx)`` as PairChain does; differentiable in every input but ``node_mask``
+    (d/dx: through e and the coordinate step). Computes in float64 if ``A`` is float64, else in float32 (inputs
     cast, results float32). precision: see :func:`resolve_precision`; blocks: (rows, columns) per tile, powers
     of two (tests; default :func:`_blocks`)."""
     check_device(A.device)
@@ -384,6 +439,6 @@ def pair_chain(A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2, *,
     dt = torch.float64 if A.dtype == torch.float64 else torch.float32
     precision = resolve_precision(precision, dt, A.device)
     tensors = [None if t is None else t.to(dt).contiguous()
-               for t in (A, B, e, x_diff, w, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2)]
-    tensors[4] = tensors[4].detach()
+               for t in (A, B, x, node_mask, w_e, w_3, b_3, w_m, b_m, w_x0, b_x0, w_x2)]
+    tensors[3] = tensors[3].detach()
     return TritonPairChain.apply(*tensors, precision, blocks)
