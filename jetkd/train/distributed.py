@@ -45,5 +45,10 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 
 
 def teardown() -> None:
+    """Leave the process group together: a barrier first, so that no rank destroys it while another still uses it
+    (seen under load: a rank aborting with "terminate called without an active exception")."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
