@@ -351,6 +351,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], 
             configs[name] = ckpt.get("config") or {}
             entry["checkpoint"] = str(path)
             entry["train_seed"] = (configs[name].get("train") or {}).get("seed")
+            if configs[name].get("published"):
+                entry["published"] = configs[name]["published"]
             summary = ckpt.get("deployed", {}).get("summary")
             if summary:  # e.g. CDD: size of the starting-width student against the deployed one
                 entry["deploy"] = summary

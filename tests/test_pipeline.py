@@ -173,6 +173,7 @@ def test_pipeline_with_the_published_teacher(cache, tmp_path, capsys):
     assert ckpt["published"] == str(REFERENCE.resolve()) and ckpt["model"]["n_hidden"] == 72
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "ds_kd"} and report["models"]["teacher"]["parameters"] > 200_000
+    assert "teacher: the published LorentzNet checkpoint" in (tmp_path / "run" / "report.md").read_text()
     capsys.readouterr()
     run_pipeline(load_pipeline_dict(pipe, tmp_path), progress=False)  # unchanged: imported once, student reused
     assert "importing the published teacher" not in capsys.readouterr().out

@@ -328,6 +328,10 @@ def table_notes(results: Mapping[str, dict]) -> list[str]:
         notes.append(f"{NONFINITE_MARK} Non-finite (NaN or inf) scores: the model diverged or cannot score these jets, "
                      "so its metrics are undefined: " + "; ".join(f"{n}: {m['n_nonfinite']:,} of {m['n_jets']:,} jets"
                                                               for n, m in bad) + ".")
+    for name, e in results.items():
+        if e.get("published"):
+            notes.append(f"{name}: the published LorentzNet checkpoint ({e['published']}), not trained here; its "
+                         "metrics are on the same test jets as every other row.")
     return notes
 
 
