@@ -175,3 +175,18 @@ def test_reid_trains_with_pk_batches_and_triplet_loss_and_validates_by_retrieval
     r = json.loads((out / "report.json").read_text())["models"]["reid"]["retrieval"]
     assert r["n_query"] == 6 and 0 < r["mAP"] <= 1  # query (camera 1) against gallery (camera 2 matches)
     assert json.loads((out / "report.json").read_text())["models"]["reid"]["metrics"]["accuracy"] is None
+
+
+def test_a_malformed_image_file_is_one_line_and_exit_2(tmp_path, capsys):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    header = (2051).to_bytes(4, "big") + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (folder / "train-images-idx3-ubyte").write_bytes(header + bytes(100))  # 10 images announced, 100 bytes given
+    (folder / "train-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big") + (10).to_bytes(4, "big") + bytes(10))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": {"images": str(folder)},
+                                      "model": {"name": "digits_cnn", "n_class": 10}}))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
