@@ -7,8 +7,8 @@ Each model is evaluated on ``read_images(data, split)`` normalised with the chan
 input contract (:class:`jetkd.contract.ImageContract`). Metrics: top-1 accuracy with the central 68% of a bootstrap
 over the test images (resampling n images with replacement, the number correct is Binomial(n, accuracy): drawn
 directly, seeded), parameters and FLOPs per image (:class:`torch.utils.flop_counter.FlopCounterMode`, a
-multiply-add = 2 FLOPs). Retrieval (``retrieval=True``): the model's embedding (``model.embed`` where it has one,
-else the input of its ``classifier``) ranks the test images against each other with the classes as identities
+multiply-add = 2 FLOPs). Retrieval (``retrieval=True``): the model's embedding
+(:func:`jetkd.images.retrieval.embed_all`: ``model.embed`` where it has one, else the input of its ``classifier``) ranks the test images against each other with the classes as identities
 (mAP, CMC rank-1 and rank-5; :func:`jetkd.images.retrieval.retrieval_metrics`, each query excluded from its own
 gallery); for VeRi-776 the query and gallery splits with the standard camera exclusion. Runs that differ only in
 ``train.seed`` are summarised as mean ± std.
@@ -50,30 +50,6 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / len(images)
 
 
-def embeddings(model: nn.Module, loader, device="cpu") -> np.ndarray:
-    """(N, D) float32: ``model.embed(images)`` if the model has it, else the input of its ``classifier``."""
-    out = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                images = batch.images.to(device)
-                if hasattr(model, "embed"):
-                    out.append(model.embed(images).cpu())
-                    continue
-                captured = []
-                handle = model.classifier.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-                try:
-                    model(images)
-                finally:
-                    handle.remove()
-                out.append(captured[0].cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out).float().numpy()
-
-
 def evaluate_image_model(model: nn.Module, contract: dict, data: str, split: str = "test", *,
                          batch_size: int = 256, n_bootstrap: int = N_BOOTSTRAP, retrieval: bool = True,
                          options: dict | None = None) -> dict:
@@ -112,17 +88,12 @@ def _retrieval(model, images, loader, data, options, contract) -> dict:
     """Retrieval metrics: VeRi's query/gallery splits, else the test images against each other (classes as
     identities, every image its own camera so that only the query itself is excluded)."""
     from jetkd.images import read_images
-    from jetkd.images.loader import ImageLoader
-    from jetkd.images.retrieval import retrieval_metrics
+    from jetkd.images.retrieval import embed_all, query_gallery_metrics, retrieval_metrics
 
     if images.cameras is not None and images.format == "veri":
-        query = read_images(data, "query", **options)
-        gallery = read_images(data, "gallery", **options)
-        q_loader = ImageLoader(query, 256, shuffle=False, mean=contract["mean"], std=contract["std"])
-        g_loader = ImageLoader(gallery, 256, shuffle=False, mean=contract["mean"], std=contract["std"])
-        return retrieval_metrics(embeddings(model, q_loader), query.labels, query.cameras,
-                                 embeddings(model, g_loader), gallery.labels, gallery.cameras)
-    emb = embeddings(model, loader)
+        return query_gallery_metrics(model, read_images(data, "query", **options),
+                                     read_images(data, "gallery", **options), contract["mean"], contract["std"])
+    emb = embed_all(model, loader)[0]
     own = np.arange(len(images.labels))
     return retrieval_metrics(emb, images.labels, own, emb, images.labels, own)
 

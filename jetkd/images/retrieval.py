@@ -255,12 +255,37 @@ def retrieval_metrics(query_emb, query_ids, query_cams, gallery_emb, gallery_ids
 
 
 @torch.no_grad()
+def _embed(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model.embed(images)``, else the input of ``model.classifier`` (captured by a forward pre-hook)."""
+    if hasattr(model, "embed"):
+        return model.embed(images)
+    captured = []
+    handle = model.classifier.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def query_gallery_metrics(model: torch.nn.Module, query, gallery, mean, std, *, batch_size: int = 256,
+                          device="cpu") -> dict:
+    """:func:`retrieval_metrics` of ``model``'s embeddings of the ImageSets ``query`` against ``gallery`` (identities
+    and cameras from the sets), both normalised with ``mean``, ``std``."""
+    from jetkd.images.loader import ImageLoader
+
+    q, g = (embed_all(model, ImageLoader(s, batch_size, shuffle=False, mean=mean, std=std), device)[0]
+            for s in (query, gallery))
+    return retrieval_metrics(q, query.labels, query.cameras, g, gallery.labels, gallery.cameras)
+
+
 def embed_all(model: torch.nn.Module, loader: Iterable, device="cpu") -> tuple[np.ndarray, np.ndarray,
                                                                                  np.ndarray | None]:
     """Embed every image of a loader: ``(embeddings (N, D) float32, ids (N,) int64, cams (N,) int64 or None)``.
 
-    model: has ``embed(images (B, C, H, W)) -> (B, D)`` (:class:`~jetkd.images.models.ReIDResNet`), run in eval
-    mode (BNNeck and BatchNorm on running statistics; the model's mode is restored afterwards).
+    model: its ``embed(images (B, C, H, W)) -> (B, D)`` (:class:`~jetkd.images.models.ReIDResNet`), or for a
+    classifier without one the input of its ``classifier`` (its last hidden representation); run in eval mode
+    (BNNeck and BatchNorm on running statistics; the model's mode is restored afterwards).
     loader: an :class:`~jetkd.images.loader.ImageLoader` without augmentation or P x K sampling, on one rank, that
     visits every image of its set once (shuffled or not). Rows are in the set's order (row i: image i), ids
     and cams its ``labels`` and ``cameras``.
@@ -273,10 +298,11 @@ def embed_all(model: torch.nn.Module, loader: Iterable, device="cpu") -> tuple[n
     model.eval()
     try:
         parts, index, labels, cams = [], [], [], []
-        for batch in loader:
-            parts.append(model.embed(batch.images.to(device)).float().cpu())
-            index.append(batch.index), labels.append(batch.label)
-            cams.append(batch.camera)
+        with torch.no_grad():
+            for batch in loader:
+                parts.append(_embed(model, batch.images.to(device)).float().cpu())
+                index.append(batch.index), labels.append(batch.label)
+                cams.append(batch.camera)
     finally:
         model.train(was_training)
     if not parts:
@@ -294,4 +320,4 @@ def embed_all(model: torch.nn.Module, loader: Iterable, device="cpu") -> tuple[n
 
 
 __all__ = ["CHUNK_ELEMENTS", "METRICS", "average_precision", "bootstrap_retrieval", "cmc_curve", "distances",
-           "embed_all", "per_query", "ranked_matches", "retrieval_metrics"]
+           "embed_all", "per_query", "query_gallery_metrics", "ranked_matches", "retrieval_metrics"]

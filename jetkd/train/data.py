@@ -152,13 +152,10 @@ class ImageData:
     def validate(self, model, batch_size: int, device) -> dict:
         if not self.reid:
             return _classification(model, self.val_batches(batch_size), self.inputs, device)
-        from jetkd.images.evaluate import embeddings
-        from jetkd.images.loader import ImageLoader
-        from jetkd.images.retrieval import retrieval_metrics
+        from jetkd.images.retrieval import query_gallery_metrics
 
-        q, g = (ImageLoader(s, batch_size, shuffle=False, mean=self.mean, std=self.std) for s in (self.val, self.gallery))
-        r = retrieval_metrics(embeddings(model, q, device), self.val.labels, self.val.cameras,
-                              embeddings(model, g, device), self.gallery.labels, self.gallery.cameras)
+        r = query_gallery_metrics(model, self.val, self.gallery, self.mean, self.std, batch_size=batch_size,
+                                  device=device)
         return {"val_loss": float("nan"), "val_acc": r["rank1"], "val_auc": float("nan"), "val_map": r["mAP"],
                 "val_rank1": r["rank1"], "val_nonfinite": r["n_nonfinite"]}
 
