@@ -150,6 +150,7 @@ class NORM(Method):
         self.transform: FeatureTransform | None = None
         self._handle = None  # the classifier's forward pre-hook
         self._expanded: torch.Tensor | None = None  # (B, n * C_t) of the latest student forward
+        self.logit_scale = 1.0  # of the latest deploy form (fixed_point_scale; 1 for float students)
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, taps: dict[str, Tap],
               teacher_taps: dict[str, Tap]) -> None:
@@ -213,8 +214,7 @@ class NORM(Method):
         return deployed.eval()
 
     def deploy_summary(self, student: nn.Module, deployed: nn.Module) -> dict:
-        scale = getattr(self, "logit_scale", 1.0)
-        return {"logit_scale": scale} if scale != 1.0 else {}
+        return {"logit_scale": self.logit_scale} if self.logit_scale != 1.0 else {}
 
     def extra_repr(self) -> str:
         o = self.options

@@ -62,17 +62,15 @@ def predict(
         with torch.no_grad():
             for batch in batches:
                 if inputs is not None:
-                    with _autocast(device, amp):
-                        logits = model(*(x.to(device, non_blocking=True) for x in inputs(batch)))
-                    scores.append(logits.detach().cpu().double().numpy())
-                    labels.append(batch.label.cpu().numpy())
-                    continue
-                p4 = batch.p4.to(device, non_blocking=True)
-                mask = batch.mask.to(device, non_blocking=True)
-                if transform is not None:
-                    p4 = transform(p4).masked_fill(~mask[..., None], 0.0)
+                    args = tuple(x.to(device, non_blocking=True) for x in inputs(batch))
+                else:
+                    p4 = batch.p4.to(device, non_blocking=True)
+                    mask = batch.mask.to(device, non_blocking=True)
+                    if transform is not None:
+                        p4 = transform(p4).masked_fill(~mask[..., None], 0.0)
+                    args = (p4, mask)
                 with _autocast(device, amp):
-                    logits = model(p4, mask)
+                    logits = model(*args)
                 scores.append(logits.detach().cpu().double().numpy())
                 labels.append(batch.label.cpu().numpy())
     finally:

@@ -324,9 +324,12 @@ class Trainer:
         for quantity, value in (("loss", loss), ("gradient norm", grad_norm)):
             if not torch.isfinite(value).item():
                 last = self.run_dir / "last.pt"
-                kept = (f"last.pt and best.pt are as they were ({last} from epoch {load_checkpoint(last)['epoch']}, "
-                        f"step {load_checkpoint(last)['step_in_epoch']})" if last.exists()
-                        else "no checkpoint exists yet")
+                if last.exists():
+                    ckpt = load_checkpoint(last)
+                    kept = (f"last.pt and best.pt are as they were ({last} from epoch {ckpt['epoch']}, "
+                            f"step {ckpt['step_in_epoch']})")
+                else:
+                    kept = "no checkpoint exists yet"
                 raise Diverged(f"diverged at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step "
                                f"{self.global_step + 1}): the {quantity} is {value.item()}; {kept}. Lower optim.lr, "
                                f"set train.grad_clip, or check the data")
