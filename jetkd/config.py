@@ -66,6 +66,9 @@ class TrainConfig:
     boost_beta_max: float = 0.0  # augmentation: boost every jet by beta ~ U[0, beta_max) along boost_axis
     boost_axis: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
     boost_validation: bool = False  # validate on jets boosted like the training jets (fixed seed), not unboosted
+    # > 0: draw K boosted copies of every training jet once (the same for every seed) and train on one of them per
+    # epoch, picked by (seed, epoch, step); a teacher then runs K times over the training set instead of every step
+    boost_bank: int = 0
     eval_batch_size: int = 512
     bucket_by_length: int = 0  # length bucketing, batches per sorting window (0 = off; jetkd.data.loader.bucket_order)
 
@@ -349,6 +352,7 @@ JOB_CHECKS: dict[str, Check] = {
     "train.grad_clip": NON_NEGATIVE,
     "train.checkpoint_every": NATURAL,
     "train.bucket_by_length": NATURAL,
+    "train.boost_bank": NATURAL,
     "train.select_by": one_of("val_acc", "val_auc", "val_loss"),
     "train.boost_beta_max": BETA,
     "train.boost_axis": three_vector,
@@ -510,6 +514,9 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), data: di
     job = from_dict(TrainJob, merged, origins)
     check_model_args(job.model, origins)
     check_values(job, JOB_CHECKS, origins)
+    if job.train.boost_bank and job.train.boost_beta_max <= 0:
+        raise config_error(origins, "train.boost_bank", "boosted copies need train.boost_beta_max > 0; expected 0 "
+                                                        f"without boosts, got {job.train.boost_bank}")
     if job.data.images and job.train.boost_beta_max > 0:
         raise config_error(origins, "train.boost_beta_max", "boosts act on jets; expected 0 with data.images")
     return job

@@ -180,7 +180,8 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
             Trainer(job, resume=decision == "reuse", force=decision != "reuse", progress=progress).fit()
 
         _stage("evaluating")
-        checkpoints = {name.removeprefix("students."): Path(run_dir / name.removeprefix("students.")) for name in jobs}
+        checkpoints = with_unboosted_selection(
+            {name.removeprefix("students."): Path(run_dir / name.removeprefix("students.")) for name in jobs})
         paths = _data_paths(pipe, run_dir)
         if paths.images:
             from jetkd.images.evaluate import evaluate_image_checkpoints
@@ -295,6 +296,20 @@ def _given_data(data: DataConfig) -> str:
         stat = path.stat() if path.exists() else None
         files[split] = [str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
     return Stages._hash(files, {})
+
+
+def with_unboosted_selection(checkpoints: dict[str, Path]) -> dict[str, Path]:
+    """``checkpoints`` (report name -> run folder) with, after every run trained with boosted validation, its
+    ``best_unboosted.pt`` (the best epoch on unboosted validation jets) as ``<name>_unboostedval``
+    (``<student>_unboostedval_seed<N>`` for seeded runs)."""
+    out = {}
+    for name, folder in checkpoints.items():
+        out[name] = folder
+        extra = folder / "best_unboosted.pt"
+        if extra.exists():
+            base, sep, seed = name.rpartition("_seed")
+            out[f"{base}_unboostedval{sep}{seed}" if sep and seed.isdigit() else f"{name}_unboostedval"] = extra
+    return out
 
 
 def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], test: str | Path,

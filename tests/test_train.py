@@ -44,7 +44,9 @@ def test_run_folder_has_config_checkpoints_and_metrics(cache, tmp_path):
     assert not model.training and records[-1]["val_auc"] > 0.9  # the toy classes are separable
 
 
-@pytest.mark.parametrize("extra", [{}, {"train": {"boost_beta_max": 0.6, "checkpoint_every": 3}}], ids=["plain", "boosted"])
+@pytest.mark.parametrize("extra", [{}, {"train": {"boost_beta_max": 0.6, "checkpoint_every": 3}},
+                                   {"train": {"boost_beta_max": 0.6, "boost_bank": 3, "boost_validation": True}}],
+                         ids=["plain", "boosted", "boost_bank"])
 def test_resume_after_preemption_gives_the_same_weights(cache, tmp_path, monkeypatch, extra):
     full = Trainer(load_job(data=job_dict(cache, tmp_path / "full", **extra)), progress=False)
     full.fit()
@@ -161,3 +163,64 @@ def test_boosted_validation_sees_the_same_boosted_jets_every_epoch(cache, tmp_pa
         torch.testing.assert_close(lorentz.mass2(jet(a.p4)), lorentz.mass2(jet(plain.p4)), rtol=1e-3, atol=1.0)
     assert Trainer(job, progress=False).fit()["best_epoch"] in (1, 2)
     assert JetData(load_job(data=job_dict(cache, tmp_path / "u", train={"boost_beta_max": 0.8}))).boost is None
+
+
+def test_boosted_validation_also_keeps_the_best_epoch_on_unboosted_jets(cache, tmp_path):
+    """best_unboosted.pt is what the same run validated on unboosted jets keeps as best.pt (validation draws no
+    training random numbers, so the two runs train identically), and says so in its config."""
+    boost = {"boost_beta_max": 0.4, "epochs": 4, "select_by": "val_loss"}
+    Trainer(load_job(data=job_dict(cache, tmp_path / "b", train={**boost, "boost_validation": True})), progress=False).fit()
+    Trainer(load_job(data=job_dict(cache, tmp_path / "u", train=boost)), progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (tmp_path / "u" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_unboosted_acc"] for r in records] == [r["val_acc"] for r in plain]
+    assert [r["val_loss"] for r in records] != [r["val_loss"] for r in plain]
+    ours, theirs = load_checkpoint(tmp_path / "b" / "best_unboosted.pt"), load_checkpoint(tmp_path / "u" / "best.pt")
+    assert ours["best"] == theirs["best"] and ours["epoch"] == theirs["epoch"]
+    assert ours["best"]["value"] == min(r["val_loss"] for r in plain)
+    assert_same_weights(ours["model"], theirs["model"])
+    assert ours["config"]["train"] == theirs["config"]["train"]
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["config"]["train"]["boost_validation"] is True
+    assert not (tmp_path / "u" / "best_unboosted.pt").exists()
+
+    from jetkd.pipeline import with_unboosted_selection
+
+    named = with_unboosted_selection({"ds_seed1": tmp_path / "b", "plain": tmp_path / "u", "ds": tmp_path / "b"})
+    assert list(named) == ["ds_seed1", "ds_unboostedval_seed1", "plain", "ds", "ds_unboostedval"]
+    assert named["ds_unboostedval_seed1"] == tmp_path / "b" / "best_unboosted.pt"
+
+
+def test_boost_bank_caches_the_teacher_on_each_boosted_copy(cache, tmp_path, teacher, monkeypatch):
+    """train.boost_bank: the teacher runs once per copy, before training; each training jet is one of its copies,
+    and the cached teacher logits are the teacher's on exactly that boosted jet. The copies are the same for every
+    training seed, so a second seed reuses the stored outputs."""
+    from jetkd import lorentz
+    from jetkd.data.cache import JetCache
+    from jetkd.data.loader import JetBatch
+    from jetkd.train.data import boost_bank
+
+    kd = {"method": "kd", "teacher": str(teacher), "temperature": 1.0, "alpha": 1.0}
+    job = load_job(data=job_dict(cache, tmp_path / "a", train={"boost_beta_max": 0.7, "boost_bank": 3}, distill=kd))
+    trainer = Trainer(job, progress=False)
+    assert trainer.teacher_cache["logits"].shape == (3, 256, 2)
+    torch.testing.assert_close(trainer.bank_betas, boost_bank(3, 256, 0.7))
+    assert 0 <= trainer.bank_betas.min() and trainer.bank_betas.max() < 0.7 and trainer.bank_betas.std() > 0.1
+
+    rows = JetBatch.from_arrays(*JetCache(cache / "train.h5").rows(np.arange(32)))
+    batch = JetBatch(rows.p4, rows.mask, rows.label, torch.arange(32))
+    boosted, copy = trainer._augment(batch)
+    assert copy.shape == (32,) and len(set(copy.tolist())) > 1
+    beta = trainer.bank_betas[copy, batch.index]
+    torch.testing.assert_close(boosted.p4, lorentz.boost(batch.p4, beta[:, None].float(), [1.0, 0.0, 0.0]) * batch.mask[..., None])
+    with torch.no_grad():
+        expected = load_model(teacher)(boosted.p4, boosted.mask)
+    torch.testing.assert_close(trainer._cached_rows("logits", boosted, copy), expected, atol=1e-5, rtol=1e-5)
+
+    calls = []
+    second = Trainer(load_job(data=job_dict(cache, tmp_path / "b", train={"boost_beta_max": 0.7, "boost_bank": 3,
+                                                                          "seed": 9}, distill=kd)), progress=False)
+    monkeypatch.setattr(type(second.teacher), "forward", lambda *a, **k: calls.append(1))
+    second.fit()
+    assert calls == []  # neither set-up nor training ran the teacher: the stored copies served seed 9 too
+    with pytest.raises(Exception, match="train.boost_bank"):
+        load_job(data=job_dict(cache, tmp_path / "c", train={"boost_bank": 2}))

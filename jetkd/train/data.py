@@ -14,8 +14,12 @@ when they do not. ``contract(spec, model)`` is the input contract stored in chec
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jetkd.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class JetData:
@@ -67,10 +71,14 @@ class JetData:
         return batch.p4, batch.mask
 
     def validate(self, model, batch_size: int, device) -> dict:
-        batches = self.val_batches(batch_size)
-        if self.boost is not None:
-            batches = boosted(batches, *self.boost)
-        return _classification(model, batches, self.inputs, device)
+        """val_loss, val_acc, val_auc, val_nonfinite; with ``train.boost_validation`` on the boosted validation
+        jets, and the same on the unboosted ones as ``val_unboosted_*``."""
+        batches = list(self.val_batches(batch_size))
+        if self.boost is None:
+            return _classification(model, batches, self.inputs, device)
+        plain = _classification(model, batches, self.inputs, device)
+        return {**_classification(model, boosted(batches, *self.boost), self.inputs, device),
+                **{k.replace("val_", "val_unboosted_", 1): v for k, v in plain.items()}}
 
     def contract(self, spec: dict, model):
         from jetkd.contract import training_contract
@@ -185,6 +193,16 @@ def boosted(batches, beta_max: float, axis, seed: int) -> list:
         p4 = lorentz.boost(b.p4.double(), beta[:, None], axis).float() * b.mask[..., None]
         out.append(JetBatch(p4, b.mask, b.label, b.index))
     return out
+
+
+def boost_bank(copies: int, n_jets: int, beta_max: float) -> torch.Tensor:
+    """``train.boost_bank``: the betas (copies, n_jets) float64, ~ U[0, beta_max), of the boosted copies of every
+    training jet, from a generator seeded by ``copies`` alone: the same for every training seed, so that one
+    teacher pass over the copies serves them all (the training seed picks which copy a jet is seen as)."""
+    import torch
+
+    g = torch.Generator().manual_seed(104729 + int(copies))
+    return torch.rand(copies, n_jets, generator=g, dtype=torch.float64) * beta_max
 
 
 def _classification(model, batches, inputs, device) -> dict:

@@ -44,7 +44,7 @@ from jetkd.evaluate import count_parameters
 from jetkd.models import build_model
 from jetkd.rundir import OutputFolder
 from jetkd.train import distributed
-from jetkd.train.data import open_training_data
+from jetkd.train.data import boost_bank, open_training_data
 from jetkd.train.checkpoint import load_checkpoint, load_model, save_atomic
 from jetkd.train.schedule import lr_factor
 
@@ -101,6 +101,7 @@ class Trainer:
         job, cfg = self.job, self.job.train
         torch.manual_seed(cfg.seed)
         self.data = open_training_data(job)  # jets or images (jetkd.train.data)
+        self.bank_betas = boost_bank(cfg.boost_bank, len(self.data), cfg.boost_beta_max) if cfg.boost_bank else None
         self.loader = self.data.loader(
             cfg.batch_size, seed=cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size,
@@ -130,6 +131,9 @@ class Trainer:
             self.net = DistributedDataParallel(self.step_module, find_unused_parameters=any(True for _ in self.method.parameters()))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best = {"metric": cfg.select_by, "value": None, "epoch": None}
+        # boosted validation also keeps the best epoch on unboosted validation jets (best_unboosted.pt)
+        self.best_unboosted = {"metric": cfg.select_by.replace("val_", "val_unboosted_", 1), "value": None,
+                               "epoch": None} if self.data.kind == "jets" and self.data.boost is not None else None
         self.history: list[dict] = []  # metrics.jsonl's records, also in last.pt (rewritten on resume)
         self.epoch_sums: dict[str, float] = {}  # loss parts summed over this epoch's steps so far
         self._stop_requested = False
@@ -185,13 +189,14 @@ class Trainer:
     def _teacher_cacheable(self) -> bool:
         """Teacher outputs can be computed once when inputs are never augmented and they fit in
         ``TEACHER_CACHE_BYTES`` (per-constituent taps are stored for every constituent slot of the cache)."""
-        if self.teacher is None or self.job.train.boost_beta_max > 0 or self.data.augmented:
+        cfg = self.job.train
+        if self.teacher is None or (cfg.boost_beta_max > 0 and not cfg.boost_bank) or self.data.augmented:
             return False
         logits, taps = self._sample_teacher_outputs()
         slots = self.data.slots
         per_jet = logits.shape[1] + sum(t.value[0].numel() if t.spatial else t.dim * (slots if t.per_constituent else 1)
                                         for t in taps.values())
-        return 4 * per_jet * len(self.data) <= TEACHER_CACHE_BYTES
+        return 4 * per_jet * len(self.data) * max(1, cfg.boost_bank) <= TEACHER_CACHE_BYTES
 
     def _sample(self) -> JetBatch:
         """The first (up to) 64 training jets (or images), in file order, read once: what set-up looks at."""
@@ -211,9 +216,14 @@ class Trainer:
             logits = self.teacher(*self.data.inputs(batch)).float()
         return logits, {k: Tap(t.value.float(), t.mask) for k, t in self.teacher_recorder.taps.items()}
 
-    def _cached_tap(self, path: str, batch: JetBatch) -> Tap:
+    def _cached_rows(self, key: str, batch: JetBatch, copy: torch.Tensor | None) -> torch.Tensor:
+        """The batch's rows of cached teacher output ``key`` (of boosted ``copy`` (B,) with ``train.boost_bank``)."""
+        value = self.teacher_cache[key]
+        return value[batch.index] if copy is None else value[copy.to(value.device), batch.index]
+
+    def _cached_tap(self, path: str, batch: JetBatch, copy: torch.Tensor | None) -> Tap:
         """The batch's rows of a cached teacher tap; per constituent: cut to the batch's padding, with its mask."""
-        value = self.teacher_cache[path][batch.index]
+        value = self._cached_rows(path, batch, copy)
         if value.dim() != 3:  # per jet (B, C) or a feature map (B, C, H, W)
             return Tap(value)
         return Tap(value[:, : batch.mask.shape[1]], batch.mask)
@@ -221,23 +231,31 @@ class Trainer:
     def _cached_teacher_outputs(self) -> dict[str, torch.Tensor]:
         """Teacher logits (n_train, n_class) and taps, (n_train, C) per jet or (n_train, max_particles, C) per
         constituent (0 on padding), for every training jet, computed once and stored beside the teacher
-        checkpoint (keyed by the cache file and the taps), so that every student of that teacher reuses them."""
+        checkpoint (keyed by the cache file and the taps), so that every student of that teacher reuses them.
+        With ``train.boost_bank`` K: for each of the K boosted copies of every jet, each output (K, n_train, ...)."""
+        cfg = self.job.train
         taps = ",".join(self.method.teacher_taps)
-        key = hashlib.sha1(f"{self.data.identity()}:{taps}".encode()).hexdigest()[:16]
+        bank = f":bank{cfg.boost_bank}:{cfg.boost_beta_max!r}:{list(cfg.boost_axis)}" if cfg.boost_bank else ""
+        key = hashlib.sha1(f"{self.data.identity()}:{taps}{bank}".encode()).hexdigest()[:16]
         teacher_path = Path(self.job.distill.teacher)
         store = (teacher_path if teacher_path.is_dir() else teacher_path.parent) / f"teacher_outputs_{key}.pt"
         if store.exists():
             return torch.load(store, map_location=self.env.device, weights_only=True)
         loader = self.data.train_batches(self.job.train.eval_batch_size)
-        parts: dict[str, list[torch.Tensor]] = {}
         slots = self.data.slots
-        for batch in map(self._to_device, loader):
-            logits, taps = self._teacher_outputs(batch)
-            padded = {p: F.pad(t.value * t.mask[..., None], (0, 0, 0, slots - t.value.shape[1])) if t.per_constituent
-                      else t.value for p, t in taps.items()}
-            for k, v in {"logits": logits, **padded}.items():
-                parts.setdefault(k, []).append(v)
-        outputs = {k: torch.cat(v) for k, v in parts.items()}
+        copies = []
+        for copy in range(cfg.boost_bank) if cfg.boost_bank else [None]:
+            parts: dict[str, list[torch.Tensor]] = {}
+            for batch in map(self._to_device, loader):
+                if copy is not None:
+                    batch = self._boosted(batch, self.bank_betas[copy, batch.index.cpu()])
+                logits, taps = self._teacher_outputs(batch)
+                padded = {p: F.pad(t.value * t.mask[..., None], (0, 0, 0, slots - t.value.shape[1])) if t.per_constituent
+                          else t.value for p, t in taps.items()}
+                for k, v in {"logits": logits, **padded}.items():
+                    parts.setdefault(k, []).append(v)
+            copies.append({k: torch.cat(v) for k, v in parts.items()})
+        outputs = copies[0] if not cfg.boost_bank else {k: torch.stack([c[k] for c in copies]) for k in copies[0]}
         if self.env.is_main:
             save_atomic({k: v.cpu() for k, v in outputs.items()}, store)
         return outputs
@@ -258,6 +276,8 @@ class Trainer:
         if self.job.train.epochs < self.epoch:
             raise InputError("train.epochs", f"{self.job.train.epochs}, but {path} has already trained {self.epoch}")
         self.best = ckpt["best"]
+        if self.best_unboosted is not None:
+            self.best_unboosted = ckpt["best_unboosted"]
         self.history, self.epoch_sums = list(ckpt.get("history", [])), dict(ckpt.get("epoch_sums", {}))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
@@ -281,28 +301,37 @@ class Trainer:
     def _to_device(self, batch: JetBatch) -> JetBatch:
         return batch.to(self.env.device, non_blocking=True)
 
-    def _augment(self, batch: JetBatch) -> JetBatch:
-        """Boost every jet by its own beta ~ U[0, beta_max) along ``boost_axis`` (teacher and student alike).
-        The betas are drawn for the whole global batch from (seed, epoch, step), so they do not depend on
-        the number of processes or on resuming."""
+    def _augment(self, batch: JetBatch) -> tuple[JetBatch, torch.Tensor | None]:
+        """Boost every jet by its own beta ~ U[0, beta_max) along ``boost_axis`` (teacher and student alike);
+        returns the boosted batch and, with ``train.boost_bank``, which copy (B,) of each jet it is (its beta drawn
+        once, :func:`boost_bank`). The betas (or copies) are drawn for the whole global batch from
+        (seed, epoch, step), so they do not depend on the number of processes or on resuming."""
         cfg = self.job.train
         seed = np.random.SeedSequence([cfg.seed, self.epoch, self.step_in_epoch]).generate_state(1, np.uint64)[0]
         g = torch.Generator().manual_seed(int(seed))
-        global_beta = torch.rand(cfg.batch_size * self.env.world_size, generator=g, dtype=torch.float64) * cfg.boost_beta_max
-        beta = global_beta.view(self.env.world_size, -1)[self.env.rank][: len(batch)].to(batch.p4)
-        p4 = lorentz.boost(batch.p4, beta[:, None], cfg.boost_axis) * batch.mask[..., None]
+        n = cfg.batch_size * self.env.world_size
+        if cfg.boost_bank:
+            copy = torch.randint(cfg.boost_bank, (n,), generator=g).view(self.env.world_size, -1)[self.env.rank][: len(batch)]
+            return self._boosted(batch, self.bank_betas[copy, batch.index.cpu()]), copy
+        global_beta = torch.rand(n, generator=g, dtype=torch.float64) * cfg.boost_beta_max
+        return self._boosted(batch, global_beta.view(self.env.world_size, -1)[self.env.rank][: len(batch)]), None
+
+    def _boosted(self, batch: JetBatch, beta: torch.Tensor) -> JetBatch:
+        """``batch`` with jet b boosted by ``beta[b]`` along ``train.boost_axis`` (padding stays 0)."""
+        beta = beta.to(batch.p4)
+        p4 = lorentz.boost(batch.p4, beta[:, None], self.job.train.boost_axis) * batch.mask[..., None]
         return JetBatch(p4, batch.mask, batch.label, batch.index)
 
     def train_step(self, batch: JetBatch) -> dict[str, float]:
         """One optimiser step on one (per-process) batch; returns the loss parts."""
-        batch = self._to_device(batch)
+        batch, copy = self._to_device(batch), None
         if self.job.train.boost_beta_max > 0:
-            batch = self._augment(batch)
+            batch, copy = self._augment(batch)
         self.method.set_progress(self.epoch + self.step_in_epoch / len(self.loader), self.optimizer.param_groups[0]["lr"])
         teacher_logits, teacher_taps = None, {}
         if self.teacher_cache is not None:
-            teacher_logits = self.teacher_cache["logits"][batch.index]
-            teacher_taps = {p: self._cached_tap(p, batch) for p in self.method.teacher_taps}
+            teacher_logits = self._cached_rows("logits", batch, copy)
+            teacher_taps = {p: self._cached_tap(p, batch, copy) for p in self.method.teacher_taps}
         elif self.teacher is not None:
             teacher_logits, teacher_taps = self._teacher_outputs(batch)
         with self._autocast():
@@ -450,13 +479,28 @@ class Trainer:
         return f"{jets / max(now - t0, 1e-9):.0f} {self.data.kind}/s  elapsed {_hms(elapsed)}  eta {_hms(eta)}"
 
     def _update_best(self, record: dict) -> None:
-        metric = self.best["metric"]
-        value, old = record[metric], self.best["value"]
-        better = old is None or (value < old if metric == "val_loss" else value > old)
-        if better and not math.isnan(value) and self.method.selectable():
-            self.best.update(value=value, epoch=record["epoch"])
+        """Save ``best.pt`` if this epoch is the best so far; with boosted validation, also ``best_unboosted.pt``
+        (the best epoch on unboosted validation jets: what the same run with ``train.boost_validation: false``
+        would have kept, and its config says so)."""
+        if self._improves(self.best, record):
             if self.env.is_main:
                 save_atomic(self._state(with_optimizer=False), self.run_dir / "best.pt")
+        if self.best_unboosted is not None and self._improves(self.best_unboosted, record):
+            if self.env.is_main:
+                state = self._state(with_optimizer=False)
+                state["config"]["train"]["boost_validation"] = False
+                state["best"] = {**self.best_unboosted, "metric": self.best["metric"]}
+                save_atomic(state, self.run_dir / "best_unboosted.pt")
+
+    def _improves(self, best: dict, record: dict) -> bool:
+        """Whether ``record`` beats ``best`` on its metric (then ``best`` takes it)."""
+        metric = best["metric"]
+        value, old = record[metric], best["value"]
+        better = old is None or (value < old if metric.endswith("_loss") else value > old)
+        if better and not math.isnan(value) and self.method.selectable():
+            best.update(value=value, epoch=record["epoch"])
+            return True
+        return False
 
     def _state(self, with_optimizer: bool = True) -> dict:
         state = {
@@ -468,6 +512,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best": dict(self.best),
+            "best_unboosted": self.best_unboosted and dict(self.best_unboosted),
             "history": list(self.history),
             "epoch_sums": dict(self.epoch_sums),
         }
