@@ -27,7 +27,9 @@ the timed ones. Jets: ``synthetic`` (default), a documented stand-in for generat
 or the 64 ``reference`` jets. Padding: for the same multiplicity distribution over an epoch of
 ``--epoch-jets`` jets, the padded node and pair slots of random batches against length-bucketed ones
 (:func:`jetkd.data.loader.bucket_order`, windows of ``--bucket-window`` batches; ``train.bucket_by_length``).
-``--bucketed`` times bucketed batches instead of random ones.
+``--bucketed`` times bucketed batches instead of random ones. On CUDA the run ends with a memory scan: the peak
+memory of one float32 step of each variant at fixed multiplicities N = 32, 64, 128, 256 (``--memory-batch`` jets),
+and per constituent relative to N = 32, which stays flat where memory is linear in N (the fused kernel).
 
     python scripts/bench_teacher.py                       # CPU, batch 32 and 128, float32
     python scripts/bench_teacher.py --device cuda         # GPU: fused, dense, edge list; batch 32/128/512; fp32 + bf16
@@ -60,6 +62,7 @@ from jetkd.models.pair_chain import chunk_slices
 
 REFERENCE = Path(__file__).resolve().parents[1] / "../shared/reference/lorentznet_top_parity.npz"
 N_MAX = 128
+MEMORY_N = (32, 64, 128, 256)  # constituents per jet in the memory scan (CUDA)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -74,11 +77,11 @@ def synthetic_multiplicities(n_jets: int, n_max: int = N_MAX, rng: np.random.Gen
     return np.clip(np.rint(n), 10, n_max).astype(int)
 
 
-def synthetic_jets(n_jets: int, n_max: int = N_MAX, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Massless constituents of ~600 GeV jets with :func:`synthetic_multiplicities`. Returns p4
-    (n_jets, n_max, 4) float32 GeV and counts (n_jets,)."""
+def synthetic_jets(n_jets: int, n_max: int = N_MAX, seed: int = 0, fixed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Massless constituents of ~600 GeV jets with :func:`synthetic_multiplicities` (``fixed``: n_max each).
+    Returns p4 (n_jets, n_max, 4) float32 GeV and counts (n_jets,)."""
     rng = np.random.default_rng(seed)
-    n = synthetic_multiplicities(n_jets, n_max, rng)
+    n = np.full(n_jets, n_max) if fixed else synthetic_multiplicities(n_jets, n_max, rng)
     p4 = np.zeros((n_jets, n_max, 4), np.float32)
     for k in range(n_jets):  # input generation only, not timed
         frac = np.sort(rng.exponential(1.0, n[k]) ** 2)[::-1]
@@ -348,6 +351,51 @@ def run(batch_size: int, precision: str, args, jets, device: torch.device) -> tu
     return rates, peak
 
 
+def memory_scan(args, device: torch.device) -> list[str]:
+    """Peak GPU memory of a float32 training step of each variant at a fixed multiplicity N (``--memory-batch``
+    jets of exactly N constituents, N in :data:`MEMORY_N`): what the step allocates beyond what was resident
+    before it (models, optimizer states, batch), in MiB, and that per constituent relative to the smallest N --
+    flat when memory grows linearly with N, doubling with every doubling of N when it grows as N^2."""
+    models, notes = build_variants(device, args.variants)
+    names = [n for n in models if n != "edge list" or "edge" in args.variants]
+    table: dict[int, dict[str, float]] = {}
+    for N in MEMORY_N:
+        p4, n = synthetic_jets(args.memory_batch, n_max=N, seed=3, fixed=True)
+        batch = make_batches(p4, n, args.memory_batch, 1)[0]
+        batch = tuple(t.to(device) for t in batch)
+        edges = [edge_index(node_mask_of(batch[1]))]
+        table[N] = {}
+        for name in names:
+            try:
+                step = make_step(models[name], edges, nullcontext)
+                step((0, batch))  # compiles kernels, allocates optimizer states
+                sync(device)
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                step((0, batch))
+                sync(device)
+                table[N][name] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+            except torch.cuda.OutOfMemoryError:
+                table[N][name] = math.inf
+            except Exception as err:  # noqa: BLE001
+                notes.append(f"{name} at N = {N}: {first_line(err)}")
+                table[N][name] = math.nan
+            step = None
+            torch.cuda.empty_cache()
+    first = MEMORY_N[0]
+    lines = [f"peak memory of a float32 training step beyond what is resident, batch {args.memory_batch}, every jet "
+             f"N constituents (MiB; in brackets MiB per constituent relative to N = {first}: 1.0 = linear in N)",
+             f"{'N':>5} " + " ".join(f"{name + ' MiB':>24}" for name in names)]
+    for N, row in table.items():
+        cells = []
+        for name in names:
+            mib, base = row[name], table[first][name]
+            rel = (mib / N) / (base / first) if math.isfinite(mib) and math.isfinite(base) and base > 0 else math.nan
+            cells.append(f"{'OOM' if mib == math.inf else num(mib, '.0f')} ({num(rel, '.2f')})")
+        lines.append(f"{N:>5} " + " ".join(f"{c:>24}" for c in cells))
+    return lines + [f"  {note}" for note in dict.fromkeys(notes)]
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -415,6 +463,7 @@ def main() -> None:
                     help="what to time: fused (the Triton pair kernel; on CPU only under TRITON_INTERPRET=1), dense, "
                          "edge (the edge-list reference); default: dense edge (CPU), fused dense edge (CUDA)")
     ap.add_argument("--one-grid", action="store_true", help="also time the dense model on one padded (B, M, M) grid")
+    ap.add_argument("--memory-batch", type=int, default=128, help="jets per step in the memory scan (CUDA; 0: skip it)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -447,6 +496,9 @@ def main() -> None:
     print_tables(results, args)
     for line in padding_lines(args.epoch_jets, args.batch_size, args.bucket_window):
         print(line)
+    if cuda and args.memory_batch > 0:
+        for line in memory_scan(args, device):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

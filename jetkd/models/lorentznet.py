@@ -104,8 +104,9 @@ class PairGrid:
     over the sorted lengths; ``group_cost=inf`` gives one (B, M, M) grid in batch order.
     Node tensors move between the batch layout (B, M, ...) and the groups with one gather (:meth:`split`) and
     one gather back (:meth:`merge`), whatever the number of groups.
-    Per group: ``w[g]`` (b, L, L) 1.0 for real pairs i != j, ``deg[g]`` (b, L, 1) real neighbours (>= 1);
-    ``degree`` (B, M, 1) real neighbours of every node (0 on padding).
+    ``degree`` (B, M, 1) real neighbours of every node (0 on padding) and, per group, ``deg[g]`` (b, L, 1) the same
+    (>= 1), counted from the node mask; ``w[g]`` (b, L, L) 1.0 for real pairs i != j, built on first use (the
+    Triton path never uses it: nothing per pair).
     """
 
     def __init__(self, node_mask: torch.Tensor, group_cost: float):
@@ -126,12 +127,20 @@ class PairGrid:
                 where = np.full(B * M, len(rows))
                 where[rows] = np.arange(len(rows))
                 self.rows, self.where = torch.from_numpy(rows).to(dev), torch.from_numpy(where).to(dev)
-        self.w, self.deg = [], []
-        for nm, (_, L) in zip(self.split(node_mask), self.dims):
-            eye = torch.eye(L, dtype=torch.bool, device=dev)
-            self.w.append((nm[:, :, None] & nm[:, None, :] & ~eye).to(torch.get_default_dtype()))
-            self.deg.append(self.w[-1].sum(2, keepdim=True).clamp(min=1.0))
-        self.degree = self.merge([w.sum(2, keepdim=True) for w in self.w])
+        self.node_mask, self._w = node_mask, None
+        real = node_mask.to(torch.get_default_dtype())
+        self.degree = (real * (real.sum(1, keepdim=True) - 1))[..., None]  # sum_j w_ij = mask_i (n_real - 1)
+        self.deg = [d.clamp(min=1.0) for d in self.split(self.degree)]
+
+    @property
+    def w(self) -> list[torch.Tensor]:
+        """Per group, the pair mask (b, L, L): 1.0 for real pairs i != j."""
+        if self._w is None:
+            self._w = []
+            for nm, (_, L) in zip(self.split(self.node_mask), self.dims):
+                eye = torch.eye(L, dtype=torch.bool, device=nm.device)
+                self._w.append((nm[:, :, None] & nm[:, None, :] & ~eye).to(torch.get_default_dtype()))
+        return self._w
 
     def __len__(self) -> int:
         return len(self.dims)
@@ -246,8 +255,8 @@ class LGEB(nn.Module):
         # Edge invariants of each group, from the coordinates the previous block left.
         xs = grid.split(x)  # [(b, L, 4)]
         fused = self._fused(h)
-        # The Triton kernels compute e and x_diff per tile; only the BatchNorm moments (training) still read e.
-        pairs = xs if fused != "triton" or self.phi_e[1].training else []
+        # The Triton kernels compute e and x_diff per tile, and the BatchNorm moments' per-node sums too.
+        pairs = xs if fused != "triton" else []
         x_diff, e = [], []
         for xg in pairs:
             xi, xj, ei, ej = xg[:, :, None, :], xg[:, None, :, :], xg[:, :, None, 0], xg[:, None, :, 0]
@@ -262,15 +271,15 @@ class LGEB(nn.Module):
             dt = torch.promote_types(h.dtype, torch.float32)
             a, b, w_e = a.to(dt), b.to(dt), w_e.to(dt)
             bs = grid.split(b)
-            mean, scale = self.phi_e[1].fold(*self._moments(a, b, bs, w_e, e, grid))
+            node_masks = grid.split(node_mask) if fused == "triton" else None
+            mean, scale = self.phi_e[1].fold(*self._moments(a, b, w_e, e, grid, xs, node_masks))
             a_fold = grid.split((a - mean) * scale + self.phi_e[1].bias)  # [(b, L, C)]
             w_e_fold = w_e * scale[:, None]  # (C, 2)
 
         agg, dx = [], []
-        node_masks = grid.split(node_mask) if fused == "triton" else None
         for g in range(len(grid)):
             if fused == "triton":  # the kernels compute e, x_diff and the pair mask per tile from the nodes
-                agg_g, dx_g = _triton_chain()(a_fold[g], bs[g] * scale, xs[g], node_masks[g], w_e_fold,
+                agg_g, dx_g = _pair_triton().pair_chain(a_fold[g], bs[g] * scale, xs[g], node_masks[g], w_e_fold,
                                               *self._chain_weights())
             elif fused:  # the same chain as below, in cache-sized chunks (PairChain)
                 xd = None if self.last_layer else x_diff[g]
@@ -322,27 +331,34 @@ class LGEB(nn.Module):
             return False
         if self.pair_kernel == "triton" or (self.pair_kernel == "auto" and h.device.type == "cuda"
                                             and h.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                                            and _triton_chain(required=False) is not None):
+                                            and _pair_triton(required=False) is not None):
             return "triton"
         return h.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
-    def _moments(self, a, b, bs, w_e, e, grid: PairGrid):
+    def _moments(self, a, b, w_e, e, grid: PairGrid, xs, node_masks):
         """Moments over real pairs of pre_ij = a_i + b_j + u_ij, u_ij = W_e e_ij, from per-node sums (no pair
         tensor of width C): ``(count, total, centred_sq)`` for :meth:`PairBatchNorm.fold`. a, b: (B, M, C);
-        bs: b split into groups. Uses that the pair mask w and the invariants e are symmetric in (i, j)
-        (exactly, in floating point too), so row sums serve for columns. Eval mode: nothing (running stats)."""
+        e: the groups' invariants (b, L, L, 2), or empty on the Triton path, where :func:`jetkd.models.pair_triton.
+        pair_moments` sums them per node from xs and node_masks (the groups' nodes) instead. Uses that the pair
+        mask w and the invariants e are symmetric in (i, j) (exactly, in floating point too), so row sums serve
+        for columns. Eval mode: nothing (running stats)."""
         if not self.phi_e[1].training:
             return ()
-        # Per group: row sums of e and of b over real neighbours, and sum_ij w e e^T.
-        r, wb, see = [], [], 0.0
-        for w, eg, bg in zip(grid.w, e, bs):
-            w, eg = w.to(a.dtype), eg.to(a.dtype)
-            r.append(torch.einsum("bij,bijk->bik", w, eg))  # (b, L, 2)
-            wb.append(torch.bmm(w, bg))  # (b, L, C): sum_j w_ij b_j
-            see = see + (eg * w[..., None]).reshape(-1, 2).T @ eg.reshape(-1, 2)  # (2, 2)
+        real = grid.node_mask.to(a.dtype)[..., None]  # (B, M, 1)
         deg = grid.degree.to(a.dtype)  # (B, M, 1) real neighbours, 0 on padding
-        u = grid.merge(r) @ w_e.T  # (B, M, C): sum_j u_ij
-        wb = grid.merge(wb)
+        wb = real * ((real * b).sum(1, keepdim=True) - real * b)  # (B, M, C): sum_j w_ij b_j
+        if e:  # row sums of e over real neighbours, and sum_ij w e e^T, from the materialised e
+            r, see = [], 0.0
+            for w, eg in zip(grid.w, e):
+                w, eg = w.to(a.dtype), eg.to(a.dtype)
+                r.append(torch.einsum("bij,bijk->bik", w, eg))  # (b, L, 2)
+                see = see + (eg * w[..., None]).reshape(-1, 2).T @ eg.reshape(-1, 2)  # (2, 2)
+            r = grid.merge(r)
+        else:  # the same sums from the nodes, in the kernels: (e0, e1, e0^2, e0 e1, e1^2) per node
+            sums = grid.merge([_pair_triton().pair_moments(xg, nm) for xg, nm in zip(xs, node_masks)]).to(a.dtype)
+            r, t = sums[..., :2], sums.sum((0, 1))
+            see = torch.stack([t[2], t[3], t[3], t[4]]).view(2, 2)
+        u = r @ w_e.T  # (B, M, C): sum_j u_ij
 
         def centred_sq(mean):
             # sum_ij w (a~_i + b_j + u_ij)^2 with a~ = a - mean, expanded into per-node sums
@@ -359,17 +375,17 @@ def _check_pair_kernel(value: str) -> str:
     return value
 
 
-def _triton_chain(required: bool = True):
-    """:func:`jetkd.models.pair_triton.pair_chain` (imported on first use: importing jetkd never imports triton),
-    or None if triton is missing and not ``required``."""
+def _pair_triton(required: bool = True):
+    """:mod:`jetkd.models.pair_triton` (imported on first use: importing jetkd never imports triton), or None if
+    triton is missing and not ``required``."""
     try:
-        from jetkd.models.pair_triton import pair_chain
+        from jetkd.models import pair_triton
     except ImportError as err:
         if required:
             raise RuntimeError("pair_kernel='triton' needs the triton package (CUDA builds of torch ship it; "
                                "pip install 'triton>=3.4,<4' for CPU runs under TRITON_INTERPRET=1)") from err
         return None
-    return pair_chain
+    return pair_triton
 
 
 class LorentzNet(nn.Module):

@@ -32,12 +32,12 @@ floats per pair instead).
 
 Memory. The chain holds no per-pair tensor, forward or backward: its inputs, outputs, their gradients and the
 (C, C) partial sums per program are O(N C) per jet (at batch 128 with ~130 nodes per jet, ~2.2 M pairs, 60 MB
-per block, where one (pairs, 72) float32 tensor of the plain path is 630 MB). The block is not yet free of
-O(N^2): in training, the BatchNorm statistics over pairs (:meth:`jetkd.models.lorentznet.LGEB._moments`) still
-take row sums of e and sum_ij w e e^T from a materialised (b, L, L, 2) e (which autograd keeps, with x_diff,
-for d/dx), and :class:`jetkd.models.lorentznet.PairGrid` still builds the (b, L, L) pair masks for its degrees.
-In eval mode LGEB builds no e or x_diff for the kernels. Computing the moments' sums in a kernel too is the
-next step.
+per block, where one (pairs, 72) float32 tensor of the plain path is 630 MB). The BatchNorm statistics over pairs
+(training) come from :func:`pair_moments`, two more kernels of the same pattern with scalars per pair: per node,
+sums over j of e_ij and e_ij e_ij^T (5 numbers), and their backward to x (each row block sums its own rows: no
+atomics). With them a LorentzNet block on these kernels allocates nothing per pair, forward or backward, and
+:class:`jetkd.models.lorentznet.PairGrid` counts degrees from the node mask without building pair masks, so a
+training step's memory is linear in the constituent count (tests/test_pair_triton.py probes every allocation).
 
 Numerics. Every elementwise step, the gate, the clamp and all sums and accumulators are float32 (float64 when
 the inputs are float64, used by the tests under the interpreter), the invariants and their backward included.
@@ -316,6 +316,73 @@ def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
         tl.store(PWX2 + part * C + cc, dwx2, mask=c_ok)
 
 
+@triton.jit
+def _moments_fwd(X, NM, S, L, n_ib, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    """Program (jet k, row block ib): S_i = sum_j w_ij (e0, e1, e0^2, e0 e1, e1^2)_ij for its rows, (BI, 5)."""
+    pid = tl.program_id(0)
+    k = (pid // n_ib).to(tl.int64)
+    ri = (pid % n_ib) * BI + tl.arange(0, BI)
+    xi, xi0, nmi = _nodes(X, NM, k, ri, L)
+    s0 = tl.zeros([BI], dtype=ACC)
+    s1 = tl.zeros([BI], dtype=ACC)
+    s00 = tl.zeros([BI], dtype=ACC)
+    s01 = tl.zeros([BI], dtype=ACC)
+    s11 = tl.zeros([BI], dtype=ACC)
+    for j0 in range(0, L, BJ):
+        rj = j0 + tl.arange(0, BJ)
+        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
+        _, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
+        e0, e1 = _psi(norms), _psi(dots)
+        s0 += tl.sum(w2 * e0, 1)
+        s1 += tl.sum(w2 * e1, 1)
+        s00 += tl.sum(w2 * e0 * e0, 1)
+        s01 += tl.sum(w2 * e0 * e1, 1)
+        s11 += tl.sum(w2 * e1 * e1, 1)
+    out = S + (k * L + ri) * 5
+    ok = ri < L
+    tl.store(out, s0, mask=ok)
+    tl.store(out + 1, s1, mask=ok)
+    tl.store(out + 2, s00, mask=ok)
+    tl.store(out + 3, s01, mask=ok)
+    tl.store(out + 4, s11, mask=ok)
+
+
+@triton.jit
+def _moments_bwd(X, NM, G, DX, L, n_ib, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    """Program (jet k, row block ib): d loss / d x_i of its rows from G = d loss / d S (b, L, 5). e_ij = e_ji, so
+    pair (i, j) reaches x_i through S_i and S_j alike: dx_i = sum_j w_ij (G_i + G_j) . df/de_ij de_ij/dx_i, with
+    f = (e0, e1, e0^2, e0 e1, e1^2). Every row's sum is its own program's: no atomics."""
+    pid = tl.program_id(0)
+    k = (pid // n_ib).to(tl.int64)
+    ri = (pid % n_ib) * BI + tl.arange(0, BI)
+    four = tl.arange(0, 4)
+    eta = tl.where(four == 0, 1.0, -1.0)
+    xi, xi0, nmi = _nodes(X, NM, k, ri, L)
+    row_ok = ri < L
+    gi = G + (k * L + ri) * 5
+    gi0, gi1 = tl.load(gi, mask=row_ok, other=0.0), tl.load(gi + 1, mask=row_ok, other=0.0)
+    gi00, gi01 = tl.load(gi + 2, mask=row_ok, other=0.0), tl.load(gi + 3, mask=row_ok, other=0.0)
+    gi11 = tl.load(gi + 4, mask=row_ok, other=0.0)
+    dxi = tl.zeros([BI, 4], dtype=ACC)
+    for j0 in range(0, L, BJ):
+        rj = j0 + tl.arange(0, BJ)
+        col_ok = rj < L
+        gj = G + (k * L + rj) * 5
+        h0 = gi0[:, None] + tl.load(gj, mask=col_ok, other=0.0)[None, :]
+        h1 = gi1[:, None] + tl.load(gj + 1, mask=col_ok, other=0.0)[None, :]
+        h00 = gi00[:, None] + tl.load(gj + 2, mask=col_ok, other=0.0)[None, :]
+        h01 = gi01[:, None] + tl.load(gj + 3, mask=col_ok, other=0.0)[None, :]
+        h11 = gi11[:, None] + tl.load(gj + 4, mask=col_ok, other=0.0)[None, :]
+        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
+        xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
+        e0, e1 = _psi(norms), _psi(dots)
+        dn = (h0 + 2.0 * e0 * h00 + e1 * h01) * _dpsi(norms) * w2  # d loss / d ||x_i - x_j||^2
+        dd = (h1 + e0 * h01 + 2.0 * e1 * h11) * _dpsi(dots) * w2  # d loss / d <x_i, x_j>
+        dxi += tl.sum((2.0 * dn)[:, :, None] * (xd * eta[None, None, :])
+                      + dd[:, :, None] * (xj * eta[None, :])[None, :, :], 1)
+    tl.store(DX + (k * L + ri)[:, None] * 4 + four[None, :], dxi, mask=row_ok[:, None])
+
+
 # triton.jit decides at decoration time (TRITON_INTERPRET): a compiled JITFunction or an InterpretedFunction.
 _INTERPRETED = type(_pair_fwd).__name__ == "InterpretedFunction"
 
@@ -417,6 +484,50 @@ class TritonPairChain(torch.autograd.Function):
         else:
             phi_x = (None, None, None)
         return (dA, dB, d_x, None, dw_e, dw_3, db_3, dw_m.view(1, C), db_m.view(1), *phi_x, None, None)
+
+
+class TritonPairMoments(torch.autograd.Function):
+    """``S = TritonPairMoments.apply(x, node_mask, blocks)``: per node, sums over its real neighbours of the edge
+    invariants and their products, S (b, L, 5) = sum_j w_ij (e0, e1, e0^2, e0 e1, e1^2)_ij with e as
+    :class:`TritonPairChain` computes it; differentiable in x. Use :func:`pair_moments`."""
+
+    @staticmethod
+    def forward(ctx, x, node_mask, blocks):
+        b, L, _ = x.shape
+        S = x.new_zeros(b, L, 5)
+        BI, BJ = blocks or MOMENT_BLOCKS
+        n_ib = triton.cdiv(L, BI)
+        if b * L:
+            _moments_fwd[(b * n_ib,)](x, node_mask, S, L, n_ib, ACC=_acc(x.dtype), BI=BI, BJ=BJ, num_warps=4)
+        ctx.save_for_backward(x, node_mask)
+        ctx.blocks = blocks
+        return S
+
+    @staticmethod
+    def backward(ctx, g_s):
+        x, node_mask = ctx.saved_tensors
+        b, L, _ = x.shape
+        BI, BJ = ctx.blocks or MOMENT_BLOCKS
+        n_ib = triton.cdiv(L, BI)
+        d_x = torch.zeros_like(x)
+        if b * L:
+            _moments_bwd[(b * n_ib,)](x, node_mask, g_s.to(x.dtype).contiguous(), d_x, L, n_ib, ACC=_acc(x.dtype),
+                                      BI=BI, BJ=BJ, num_warps=4)
+        return d_x, None, None
+
+
+#: (rows, columns) per tile of the moments kernels: scalars per pair only, so larger tiles than the chain's
+MOMENT_BLOCKS = (32, 32)
+
+
+def pair_moments(x, node_mask, *, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+    """What the BatchNorm of phi_e needs from the pairs of one grid, as per-node sums (training; see
+    :meth:`jetkd.models.lorentznet.LGEB._moments`): x (b, L, 4) the nodes' four-vectors, node_mask (b, L).
+    Returns S (b, L, 5) = sum over real j != i of (e0, e1, e0^2, e0 e1, e1^2)_ij, e_ij = psi([||x_i - x_j||^2,
+    <x_i, x_j>]); differentiable in x, in float64 for float64 x, else float32. Memory: O(b L), nothing per pair."""
+    check_device(x.device)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return TritonPairMoments.apply(x.to(dt).contiguous(), node_mask.detach().to(dt).contiguous(), blocks)
 
 
 def _acc(dtype: torch.dtype):
