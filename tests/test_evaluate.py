@@ -328,7 +328,7 @@ def report_dir(results, tmp_path_factory):
 
 def test_write_report(results, report_dir):
     tmp_path = report_dir
-    for name in ("report.json", "report.md", "scores.npz", "roc.png", "accuracy_vs_beta.png", "score_histograms.png"):
+    for name in ("report.json", "report.md", "scores.npz", "roc.png", "accuracy_vs_beta.png", "rejection_vs_beta.png", "score_histograms.png"):
         assert (tmp_path / name).is_file(), name
 
     def strict(token):
@@ -351,7 +351,7 @@ def test_write_report(results, report_dir):
     assert all(len(r.strip("|").split("|")) == len(header) for r in body)
     assert "Test set: 300 jets" in md
 
-    for name in ("roc.png", "accuracy_vs_beta.png", "score_histograms.png"):
+    for name in ("roc.png", "accuracy_vs_beta.png", "rejection_vs_beta.png", "score_histograms.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
 

@@ -37,7 +37,7 @@ def test_pipeline_writes_every_stage(small_run):
     assert {p.name for p in (small_run / "cache").iterdir()} == {"train.h5", "val.h5", "test.h5"}
     for name in MODELS:
         assert (small_run / name / "best.pt").is_file() and (small_run / name / "metrics.jsonl").is_file()
-    for name in ("report.json", "report.md", "roc.png", "accuracy_vs_beta.png", "score_histograms.png"):
+    for name in ("report.json", "report.md", "roc.png", "accuracy_vs_beta.png", "rejection_vs_beta.png", "score_histograms.png"):
         assert (small_run / name).is_file()
 
 

@@ -14,6 +14,7 @@ from jetkd.evaluate import (
     boost_scan_figure,
     describe_data,
     evaluate_model,
+    rejection_scan_figure,
     roc_figure,
     score_histogram_figure,
 )
@@ -111,3 +112,23 @@ def test_boost_scan_bands_are_binomial(results):
     at0 = ys[np.isclose(ys[:, 0], 0.0), 1]
     assert at0.min() == pytest.approx(point["accuracy"] - sigma)
     assert at0.max() == pytest.approx(point["accuracy"] + sigma)
+
+
+def test_rejection_scan_draws_one_over_eps_b_and_lower_limits(results):
+    """1/eps_B at eps_S = 0.3 against beta, log scale; a point resting on < 10 background jets is its lower limit,
+    drawn apart (open triangle); a model with non-finite scores is not drawn."""
+    scan = [dict(p) for p in results["seedB/mlp"]["boost_scan"]]
+    scan[1].update(rej_30_lower_bound=True, rej_30_limit=123.0)
+    entries = {**results, "seedB/mlp": {**results["seedB/mlp"], "boost_scan": scan}}
+    fig = rejection_scan_figure(entries, DATA)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "varepsilon_B" in ax.get_ylabel() and "0.3" in ax.get_ylabel()
+    lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+    assert {"rejection:seedA/mlp", "rejection:seedB/mlp", "limit:seedB/mlp"} <= set(lines)
+    assert not any("diverged" in gid for gid in lines)
+    x, y = lines["rejection:seedB/mlp"].get_data()
+    np.testing.assert_allclose(x, [p["beta"] for p in scan])
+    want = [p["rej_30_limit"] if p.get("rej_30_lower_bound") else p["rej_30"] for p in scan]
+    np.testing.assert_allclose(y, np.array([np.nan if v is None else v for v in want], float))
+    assert 123.0 in lines["limit:seedB/mlp"].get_data()[1]
+    assert "Pythia 8.317" in " ".join(texts(fig))

@@ -35,8 +35,10 @@ from jetkd.evaluate.metrics import (
 from jetkd.evaluate.plots import (
     boost_scan_figure,
     plot_boost_scan,
+    plot_rejection_scan,
     plot_roc,
     plot_score_histograms,
+    rejection_scan_figure,
     roc_figure,
     score_histogram_figure,
 )
@@ -74,6 +76,8 @@ __all__ = [
     "invariance_score",
     "markdown_table",
     "plot_boost_scan",
+    "plot_rejection_scan",
+    "rejection_scan_figure",
     "plot_roc",
     "plot_score_histograms",
     "predict",

@@ -218,6 +218,45 @@ def plot_boost_scan(results: Mapping[str, dict], path: str | Path, *, data: Mapp
     return _save(boost_scan_figure(results, data), path)
 
 
+def rejection_scan_figure(results: Mapping[str, dict], data: Mapping | None = None, eps_s: float = 0.3) -> Figure:
+    """Background rejection 1/eps_B at signal efficiency ``eps_s`` vs boost speed beta, one line per model (log
+    scale). Where fewer than 10 background jets pass, the point is the 84% CL lower limit, drawn as an open
+    upward triangle; where none passes and no limit is known, no point."""
+    key = f"rej_{round(eps_s * 100)}"
+    with style():
+        fig, ax = _figure(14, 9)
+        axis = None
+        for k, (name, entry) in enumerate(results.items()):
+            scan = entry.get("boost_scan") or []
+            if not scan or _nonfinite(entry):
+                continue
+            color = f"C{k % 10}"
+            axis = entry.get("boost_axis", axis)
+            betas = np.array([p["beta"] for p in scan], float)
+            limit = np.array([bool(p.get(f"{key}_lower_bound")) for p in scan])
+            rej = np.array([np.nan if (p.get(f"{key}_limit") if lim else p.get(key)) is None
+                            else (p[f"{key}_limit"] if lim else p[key]) for p, lim in zip(scan, limit)], float)
+            ax.plot(betas, rej, color=color, label=name, gid=f"rejection:{name}")
+            ax.plot(betas[~limit], rej[~limit], "o", markersize=5, color=color)
+            if limit.any():
+                ax.plot(betas[limit], rej[limit], "^", markersize=7, markerfacecolor="none", color=color,
+                        gid=f"limit:{name}")
+        ax.set_yscale("log")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(rf"Boost $\beta = v/c$ of the constituents along {_axis_label(axis)}")
+        ax.set_ylabel(rf"Background rejection $1/\varepsilon_B$ at $\varepsilon_S = {eps_s:g}$")
+        ax.grid(True, which="both", alpha=0.5)
+        rest = _label(ax, data)
+        _legend_outside(ax, rest + ["open triangles: 84% CL lower limits (< 10 background jets pass)"])
+    return fig
+
+
+def plot_rejection_scan(results: Mapping[str, dict], path: str | Path, *, data: Mapping | None = None,
+                        eps_s: float = 0.3) -> Path:
+    """:func:`rejection_scan_figure` written as a PNG to ``path``."""
+    return _save(rejection_scan_figure(results, data, eps_s), path)
+
+
 # ----------------------------------------------------------------------------- score histograms
 
 

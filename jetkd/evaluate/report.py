@@ -84,7 +84,7 @@ from jetkd.evaluate.metrics import (
     rejection_interval,
     roc_grid,
 )
-from jetkd.evaluate.plots import plot_boost_scan, plot_roc, plot_score_histograms
+from jetkd.evaluate.plots import plot_boost_scan, plot_rejection_scan, plot_roc, plot_score_histograms
 from jetkd.evaluate.predict import predict, stage_batches
 from jetkd.evaluate.runs import class_pair
 
@@ -95,6 +95,7 @@ FILES = {
     "scores": "scores.npz",
     "roc": "roc.png",
     "boost_scan": "accuracy_vs_beta.png",
+    "rejection_scan": "rejection_vs_beta.png",
     "score_histograms": "score_histograms.png",
 }
 
@@ -493,7 +494,8 @@ def write_report(
     summary: Sequence[dict] = (),
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``scores.npz`` (when entries carry ``_scores`` and ``save_scores``)
-    and the plots ``roc.png``, ``accuracy_vs_beta.png``, ``score_histograms.png`` into ``run_dir``.
+    and the plots ``roc.png``, ``accuracy_vs_beta.png``, ``rejection_vs_beta.png`` (1/eps_B at eps_S = 0.3),
+    ``score_histograms.png`` into ``run_dir``.
 
     results: model name -> entry (schema in the module docstring). ``plots=False`` skips the PNGs.
     data:    the test data (:func:`jetkd.evaluate.runs.describe_data`): description, class names, provenance;
@@ -522,9 +524,10 @@ def write_report(
     if plots:
         plot_roc(results, paths["roc"], data=data)
         plot_boost_scan(results, paths["boost_scan"], data=data)
+        plot_rejection_scan(results, paths["rejection_scan"], data=data)
         plot_score_histograms(results, paths["score_histograms"], data=data)
     else:
-        for key in ("roc", "boost_scan", "score_histograms"):
+        for key in ("roc", "boost_scan", "rejection_scan", "score_histograms"):
             del paths[key]
     return paths
 
