@@ -308,6 +308,17 @@ def three_vector(value) -> None:
         raise Invalid(f"expected a non-zero three-vector [x, y, z], got {value!r}")
 
 
+def scan_axes(values) -> None:
+    """Further boost-scan axes: a list of three-vectors or "jet" (each jet along its own axis); may be empty."""
+    for i, value in enumerate(values):
+        if value == "jet":
+            continue
+        try:
+            three_vector(value if isinstance(value, list) else [])
+        except Invalid:
+            raise Invalid(f"expected a non-zero three-vector [x, y, z] or 'jet', got {value!r}", f"[{i}]") from None
+
+
 def run_folder(value: str) -> None:
     """A folder to write into: named, and not an existing file."""
     if not value:
@@ -386,6 +397,7 @@ PIPELINE_CHECKS: dict[str, Check] = {
     "convert.split": split_fractions,
     "evaluate.betas": each(BETA, expected="a non-empty list of numbers in [0, 1)"),
     "evaluate.axis": three_vector,
+    "evaluate.also_axes": scan_axes,
     "evaluate.batch_size": COUNT,
     "seeds": lambda seeds: seed_list(seeds),
 }

@@ -65,6 +65,8 @@ class ConvertConfig:
 class EvaluateConfig:
     betas: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(20)])
     axis: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
+    # further scans, each a report of its own in run_dir/boost_<name>/ (z, jet, or x_y_z): axes [x, y, z] or "jet"
+    also_axes: list = field(default_factory=list)
     batch_size: int = 512
 
 
@@ -190,6 +192,11 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
         else:
             evaluate_checkpoints(checkpoints, paths.test, run_dir, betas=pipe.evaluate.betas, axis=pipe.evaluate.axis,
                                  batch_size=pipe.evaluate.batch_size, progress=progress)
+            for axis in pipe.evaluate.also_axes:
+                _stage(f"evaluating along {scan_name(axis)}")
+                evaluate_checkpoints(checkpoints, paths.test, run_dir / f"boost_{scan_name(axis)}",
+                                     betas=pipe.evaluate.betas, axis=axis, batch_size=pipe.evaluate.batch_size,
+                                     progress=progress)
     print(f"\nPipeline finished in {time.perf_counter() - start:.0f} s.\n")
     print((run_dir / "report.md").read_text())
     print(f"Report, plots and every run are in {run_dir.resolve()}/")
@@ -298,6 +305,14 @@ def _given_data(data: DataConfig) -> str:
     return Stages._hash(files, {})
 
 
+def scan_name(axis) -> str:
+    """What a boost-scan axis is called in folder names: "jet", "x", "y", "z", or its components "0.6_0.8_0"."""
+    if axis == "jet":
+        return "jet"
+    named = {(1.0, 0.0, 0.0): "x", (0.0, 1.0, 0.0): "y", (0.0, 0.0, 1.0): "z"}
+    return named.get(tuple(float(a) for a in axis), "_".join(f"{float(a):g}" for a in axis))
+
+
 def with_unboosted_selection(checkpoints: dict[str, Path]) -> dict[str, Path]:
     """``checkpoints`` (report name -> run folder) with, after every run trained with boosted validation, its
     ``best_unboosted.pt`` (the best epoch on unboosted validation jets) as ``<name>_unboostedval``
@@ -360,7 +375,8 @@ def evaluate_checkpoints(checkpoints: dict[str, str | Path] | list[str | Path], 
         for name, path in bar:
             bar.set_postfix_str(str(name))
             ckpt = load_checkpoint(path)
-            entry = evaluate_model(load_model(path), batches, betas=np.asarray(betas), axis=tuple(axis), name=name,
+            entry = evaluate_model(load_model(path), batches, betas=np.asarray(betas), name=name,
+                                   axis=axis if isinstance(axis, str) else tuple(axis),
                                    device=device, n_bootstrap=N_BOOTSTRAP if n_bootstrap is None else n_bootstrap,
                                    progress=progress)
             configs[name] = ckpt.get("config") or {}

@@ -1,10 +1,9 @@
 """The tables of the paper study (``configs/paper_study.yaml``) beside the paper's and KD4Jets' figures.
 
-    python scripts/paper_study_tables.py runs/paper_study [--z runs/paper_study_z] [--jet runs/paper_study_jet] \
-        [--out runs/paper_study/tables.md]
+    python scripts/paper_study_tables.py runs/paper_study [--out runs/paper_study/tables.md]
 
-Reads the ``report.json`` of the pipeline (boost scan along x) and, if given, of ``jetkd evaluate`` runs of the
-same checkpoints with ``--axis 0,0,1`` and ``--axis jet``. Runs named ``<row>_seed<N>`` are one row, shown as
+Reads the ``report.json`` of the pipeline (boost scan along x) and of its further scans along z and each jet's
+axis (``boost_z/``, ``boost_jet/``: ``evaluate.also_axes``), or of ``jetkd evaluate`` runs given with --z, --jet. Runs named ``<row>_seed<N>`` are one row, shown as
 mean ± standard deviation over the seeds; ``[a, b]`` is the mean over seeds of the central 68% bootstrap interval
 of the test jets; ``>`` marks a rejection that is only a lower limit in some seed (fewer than 10 background jets
 pass the cut). Prints Markdown.
@@ -139,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     args = p.parse_args(argv)
     x = read(args.run)
+    for name in ("z", "jet"):
+        if getattr(args, name) is None and (args.run / f"boost_{name}" / "report.json").is_file():
+            setattr(args, name, args.run / f"boost_{name}")
     reports = {"x": x, **({"z": read(args.z)} if args.z else {}), **({"jet axis": read(args.jet)} if args.jet else {})}
     data = (x.get("data") or {}).get("description", "")
     text = "\n\n".join([

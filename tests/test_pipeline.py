@@ -59,10 +59,17 @@ def test_rerun_skips_finished_stages(small_run, capsys):
     config = small_run.parent / "pipeline.yaml"
     config.write_text(yaml.safe_dump({**yaml.safe_load(QUICKSTART.read_text()), "run_dir": str(small_run)}))
     before = (small_run / "teacher" / "best.pt").stat().st_mtime_ns
-    assert main(["run", str(config), *SMALL, "evaluate.betas=[0.0, 0.5]"]) == 0
+    assert main(["run", str(config), *SMALL, "evaluate.betas=[0.0, 0.5]", "evaluate.also_axes=[[0, 0, 1], jet]"]) == 0
     out = capsys.readouterr().out
     assert "training" not in out and "generating" not in out and "report" in out.lower()
     assert (small_run / "teacher" / "best.pt").stat().st_mtime_ns == before
+    # the further scans: one report each, every model, boosted along z and along each jet's own axis
+    for name, axis in (("z", [0.0, 0.0, 1.0]), ("jet", "jet")):
+        models = json.loads((small_run / f"boost_{name}" / "report.json").read_text())["models"]
+        assert set(MODELS) <= set(models) and {m["boost_axis"] == axis for m in models.values()} == {True}
+        assert (small_run / f"boost_{name}" / "rejection_vs_beta.png").is_file()
+    with pytest.raises(InputError, match=r"evaluate.also_axes\[1\].*'jet'"):
+        load_pipeline(config, ["evaluate.also_axes=[[0, 0, 1], beam]"])
 
 
 def test_cli_evaluate_on_run_folders(small_run, tmp_path, capsys):
@@ -72,6 +79,9 @@ def test_cli_evaluate_on_run_folders(small_run, tmp_path, capsys):
     assert main(args) == 0
     assert "| teacher " in (out / "report.md").read_text() and "| deepset " in (out / "report.md").read_text()
     assert str(out) in capsys.readouterr().out
+    assert main([*args[:-2], "--axis", "jet", "--out", str(tmp_path / "jet")]) == 0
+    models = json.loads((tmp_path / "jet" / "report.json").read_text())["models"]
+    assert {m["boost_axis"] for m in models.values()} == {"jet"}
 
 
 def test_compare_methods_script_writes_one_table(small_run):
