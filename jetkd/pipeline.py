@@ -39,9 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jetkd.config import (PIPELINE_CHECKS, DataConfig, check_values, config_error, flat_keys, from_dict, load_job, merge,
-                          read_config, shipped_config, to_dict)
+from jetkd.config import (PIPELINE_CHECKS, DataConfig, TrainJob, check_values, config_error, flat_keys, from_dict,
+                          load_job, merge, read_config, shipped_config, to_dict)
 from jetkd.errors import InputError
+
+JOB_DEFAULTS = flat_keys(to_dict(TrainJob()))  # a trainer stage's config keys at their defaults (Stages.decide)
 
 QUICKSTART = shipped_config("quickstart.yaml")  # configs/quickstart.yaml, shipped as package data of jetkd.configs
 
@@ -174,7 +176,7 @@ def run_pipeline(pipe: Pipeline, *, progress: bool = True) -> Path:
                 config["distill"]["teacher"] = None
                 inputs["teacher"] = fingerprints["teacher"]
             label = name.removeprefix("students.")
-            decision = stages.decide(label, config, inputs, Path(job.run_dir))
+            decision = stages.decide(label, config, inputs, Path(job.run_dir), defaults=JOB_DEFAULTS)
             fingerprints[name.removeprefix("students.")] = stages.fingerprint(label)
             if decision == "reuse" and _finished(Path(job.run_dir), job.train.epochs):
                 continue
@@ -248,16 +250,18 @@ class Stages:
         stage is (re)run, so that everything downstream reruns with it."""
         return self.records[stage]["output"]
 
-    def decide(self, stage: str, config: dict, inputs: dict, output: Path) -> str:
+    def decide(self, stage: str, config: dict, inputs: dict, output: Path, defaults: dict | None = None) -> str:
         """What to do with ``stage`` (see the class docstring); records the new fingerprint; a changed stage's
-        previous ``output`` is left to the caller to move aside (trainers: ``force``; data: :meth:`replace`)."""
+        previous ``output`` is left to the caller to move aside (trainers: ``force``; data: :meth:`replace`).
+        ``defaults``: the config's default values; a key that a newer jetkd added since the stage was recorded
+        counts as unchanged while it holds its default (an upgrade reruns nothing)."""
         fingerprint = self._hash(config, inputs)
         old = self.records.get(stage)
         if not output.exists():
             decision = "new"
         elif old is None:
             decision = "made before this pipeline recorded fingerprints"
-        elif old["fingerprint"] == fingerprint:
+        elif old["fingerprint"] == fingerprint or _only_new_defaults(old, config, inputs, defaults or {}):
             decision = "reuse"
         else:
             decision = _why(old, config, inputs)
@@ -277,6 +281,16 @@ class Stages:
         moved = output.with_name(f"{output.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(output), str(moved))
         print(f"   the previous {output.name} is now {moved}", flush=True)
+
+
+def _only_new_defaults(old: dict, config: dict, inputs: dict, defaults: dict) -> bool:
+    """Whether ``config`` differs from the recorded ``old`` one only in keys the record lacks that hold their
+    ``defaults`` (flat keys), with the same inputs."""
+    if old.get("inputs") != json.loads(json.dumps(inputs, default=str)):
+        return False
+    flat_old, flat_new = flat_keys(old.get("config", {})), flat_keys(config)
+    changed = [k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k)]
+    return all(k not in flat_old and k in defaults and flat_new.get(k) == defaults[k] for k in changed)
 
 
 def _why(old: dict, config: dict, inputs: dict) -> str:
@@ -409,14 +423,15 @@ def _make_data(pipe: Pipeline, run_dir: Path, stages: Stages) -> str:
 
     gen, conv = pipe.generate, pipe.convert
     root = run_dir / "jets.root"
-    decision = stages.decide("generate", to_dict(gen), {}, root)
+    decision = stages.decide("generate", to_dict(gen), {}, root, defaults=flat_keys(to_dict(type(gen)())))
     if decision != "reuse":
         if root.exists():
             Stages.replace(root)
         _stage(f"generating {gen.jets} jets")
         generate(root, n_jets=gen.jets, seed=gen.seed, workers=gen.workers or None, massless=gen.massless)
     cache = run_dir / "cache"
-    decision = stages.decide("convert", to_dict(conv), {"jets": stages.fingerprint("generate")}, cache)
+    decision = stages.decide("convert", to_dict(conv), {"jets": stages.fingerprint("generate")}, cache,
+                             defaults=flat_keys(to_dict(type(conv)())))
     data = _data_paths(pipe, run_dir)
     if decision != "reuse" or not all(Path(path).exists() for path in (data.train, data.val, data.test)):
         if cache.exists():

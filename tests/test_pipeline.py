@@ -132,6 +132,21 @@ def test_run_reruns_exactly_the_stages_whose_config_or_inputs_changed(cache, tmp
     out = capsys.readouterr().out
     assert "== ds: config changed: train.epochs 1 -> 2" in out and "teacher: " not in out
 
+    # stages recorded by an older jetkd, before train.boost_bank and convert.max_momentum existed: a key that holds
+    # its default is no change (nothing reruns); one set to another value is
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    for stage in ("ds", "ds_kd", "teacher"):
+        del stages[stage]["config"]["train"]["boost_bank"]
+        stages[stage]["fingerprint"] = "from an older jetkd"
+    (tmp_path / "run" / "stages.json").write_text(json.dumps(stages))
+    overrides = ["student_defaults.train.epochs=2", "teacher.model.n_hidden=6"]
+    assert main(["run", str(config), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "rerunning" not in out and "== training" not in out
+    assert main(["run", str(config), *overrides, "students.ds.train.boost_beta_max=0.5",
+                 "students.ds.train.boost_bank=2"]) == 0
+    assert "== ds: config changed: train.boost_bank 0 -> 2; train.boost_beta_max 0.0 -> 0.5" in capsys.readouterr().out
+
 
 def load_checkpoint_config(run):
     from jetkd.train.checkpoint import load_checkpoint
