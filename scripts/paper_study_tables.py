@@ -6,7 +6,8 @@ Reads the ``report.json`` of the pipeline (boost scan along x) and of its furthe
 axis (``boost_z/``, ``boost_jet/``: ``evaluate.also_axes``), or of ``jetkd evaluate`` runs given with --z, --jet. Runs named ``<row>_seed<N>`` are one row, shown as
 mean ± standard deviation over the seeds; ``[a, b]`` is the mean over seeds of the central 68% bootstrap interval
 of the test jets; ``>`` marks a rejection that is only a lower limit in some seed (fewer than 10 background jets
-pass the cut). Prints Markdown.
+pass the cut), where the limit enters the mean, and a KD gain computed from such limits says "(limits)". Prints
+Markdown.
 """
 
 from __future__ import annotations
@@ -58,14 +59,23 @@ def stat(values, digits: int) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def rejection(entries: list[dict], key: str) -> str:
-    """Mean ± std of 1/eps_B over seeds, ``>`` if a seed's is only a lower limit, and the mean bootstrap interval."""
+def quoted(entries: list[dict], key: str) -> tuple[list[float], bool]:
+    """Each seed's 1/eps_B as the report quotes it (the 84% CL lower limit where fewer than 10 background jets
+    pass), and whether any is such a limit."""
     ms = [e["metrics"] for e in entries]
-    limit = any(m.get(f"{key}_lower_bound") for m in ms)
-    values = [m[f"{key}_limit"] if m.get(f"{key}_lower_bound") else m[key] for m in ms]
-    lows = [_num((m.get(f"{key}_interval") or [None, None])[0]) for m in ms]
-    highs = [_num((m.get(f"{key}_interval") or [None, None])[1]) for m in ms]
-    interval = f" [{np.nanmean(lows):.0f}, {np.nanmean(highs):.0f}]" if not all(map(math.isnan, lows + highs)) else ""
+    return ([_num(m[f"{key}_limit"] if m.get(f"{key}_lower_bound") else m[key]) for m in ms],
+            any(m.get(f"{key}_lower_bound") for m in ms))
+
+
+def rejection(entries: list[dict], key: str) -> str:
+    """Mean ± std of 1/eps_B over seeds, ``>`` if a seed's is only a lower limit, and the mean bootstrap interval
+    (its upper end ∞ where a resample let no background jet pass)."""
+    values, limit = quoted(entries, key)
+    ends = np.array([[_num(v) for v in (e["metrics"].get(f"{key}_interval") or [None, None])] for e in entries])
+    interval = ""
+    if np.isfinite(ends[:, 0]).any():
+        high = f"{ends[:, 1].mean():.0f}" if np.isfinite(ends[:, 1]).all() else "∞"
+        interval = f" [{ends[np.isfinite(ends[:, 0]), 0].mean():.0f}, {high}]"
     return (">" if limit else "") + stat(values, 0) + interval
 
 
@@ -90,8 +100,8 @@ def table1(x: dict) -> str:
         base = "mlp" if row.startswith("mlp") else "deepset" if row.startswith("deepset") else None
         gain = paper_gain = ""
         if base and row != base and base in groups:
-            mean = lambda es: np.mean([_num(e["metrics"]["rej_30"]) for e in es])  # noqa: E731
-            gain = f"{mean(entries) / mean(groups[base]):.2f}x"
+            (ours, lim_a), (theirs, lim_b) = quoted(entries, "rej_30"), quoted(groups[base], "rej_30")
+            gain = f"{np.mean(ours) / np.mean(theirs):.2f}x" + (" (limits)" if lim_a or lim_b else "")
             if row in PAPER_REJ_30:
                 paper_gain = f"{PAPER_REJ_30[row] / PAPER_REJ_30[base]:.2f}x"
         m = [e["metrics"] for e in entries]
