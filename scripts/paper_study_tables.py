@@ -80,13 +80,17 @@ def rejection(entries: list[dict], key: str) -> str:
 
 
 def at_beta(entries: list[dict], beta: float, key: str = "accuracy", digits: int = 3) -> str:
-    values = []
+    """Mean ± std over seeds of ``key`` at boost ``beta`` (a rejection: quoted as :func:`quoted` does)."""
+    points = []
     for e in entries:
         point = min(e["boost_scan"], key=lambda p: abs(p["beta"] - beta))
         if abs(point["beta"] - beta) > 1e-6:
             return "–"
-        values.append(point[key])
-    return stat(values, digits)
+        points.append({"metrics": point})
+    if key.startswith("rej_"):
+        values, limit = quoted(points, key)
+        return (">" if limit else "") + stat(values, digits)
+    return stat([p["metrics"][key] for p in points], digits)
 
 
 def table1(x: dict) -> str:
