@@ -216,12 +216,12 @@ class Trainer:
             logits = self.teacher(*self.data.inputs(batch)).float()
         return logits, {k: Tap(t.value.float(), t.mask) for k, t in self.teacher_recorder.taps.items()}
 
-    def _cached_rows(self, key: str, batch: JetBatch, copy: torch.Tensor | None) -> torch.Tensor:
+    def _cached_rows(self, key: str, batch: JetBatch, copy: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's rows of cached teacher output ``key`` (of boosted ``copy`` (B,) with ``train.boost_bank``)."""
         value = self.teacher_cache[key]
         return value[batch.index] if copy is None else value[copy.to(value.device), batch.index]
 
-    def _cached_tap(self, path: str, batch: JetBatch, copy: torch.Tensor | None) -> Tap:
+    def _cached_tap(self, path: str, batch: JetBatch, copy: torch.Tensor | None = None) -> Tap:
         """The batch's rows of a cached teacher tap; per constituent: cut to the batch's padding, with its mask."""
         value = self._cached_rows(path, batch, copy)
         if value.dim() != 3:  # per jet (B, C) or a feature map (B, C, H, W)
