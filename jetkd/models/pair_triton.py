@@ -155,25 +155,35 @@ def _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj):
 
 
 @triton.jit
+def _row_block(n_ib, BI: tl.constexpr):
+    """This program's jet k (int64) and rows ri (BI,): programs run over jets x blocks of BI rows, n_ib per jet."""
+    pid = tl.program_id(0)
+    return (pid // n_ib).to(tl.int64), (pid % n_ib) * BI + tl.arange(0, BI)
+
+
+@triton.jit
+def _gate_weights(WE, B3, WM, BM, cc, c_ok):
+    """The chain's vectors up to the gate, channels cc (padding 0): W_e's two columns, b_3, w_m and b_m."""
+    we0 = tl.load(WE + cc * 2, mask=c_ok, other=0.0)
+    we1 = tl.load(WE + cc * 2 + 1, mask=c_ok, other=0.0)
+    b3 = tl.load(B3 + cc, mask=c_ok, other=0.0)
+    wm = tl.load(WM + cc, mask=c_ok, other=0.0)
+    return we0, we1, b3, wm, tl.load(BM)
+
+
+@triton.jit
 def _pair_fwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C, n_ib,
               COORDS: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
               PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
     """Program (jet k, row block ib): agg and dx of rows ib * BI .. + BI. All tensors contiguous."""
-    pid = tl.program_id(0)
-    k = (pid // n_ib).to(tl.int64)
-    ib = pid % n_ib
-    ri = ib * BI + tl.arange(0, BI)
+    k, ri = _row_block(n_ib, BI)
     cc = tl.arange(0, BC)
     four = tl.arange(0, 4)
     row_ok, c_ok = ri < L, cc < C
     rows = k * L + ri
     a = tl.load(A + rows[:, None] * C + cc[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
     xi, xi0, nmi = _nodes(X, NM, k, ri, L)
-    we0 = tl.load(WE + cc * 2, mask=c_ok, other=0.0)
-    we1 = tl.load(WE + cc * 2 + 1, mask=c_ok, other=0.0)
-    b3 = tl.load(B3 + cc, mask=c_ok, other=0.0)
-    wm = tl.load(WM + cc, mask=c_ok, other=0.0)
-    bm = tl.load(BM)
+    we0, we1, b3, wm, bm = _gate_weights(WE, B3, WM, BM, cc, c_ok)
     wmask = c_ok[:, None] & c_ok[None, :]
     w3t = tl.load(W3 + cc[None, :] * C + cc[:, None], mask=wmask, other=0.0)  # [in, out] = W_3^T
     if COORDS:
@@ -213,9 +223,7 @@ def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
     writes its partial sums of the weight gradients
     (row ``pid`` of the P* buffers)."""
     pid = tl.program_id(0)
-    k = (pid // n_ib).to(tl.int64)
-    ib = pid % n_ib
-    ri = ib * BI + tl.arange(0, BI)
+    k, ri = _row_block(n_ib, BI)
     cc = tl.arange(0, BC)
     four = tl.arange(0, 4)
     row_ok, c_ok = ri < L, cc < C
@@ -227,11 +235,7 @@ def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
     dxi = tl.zeros([BI, 4], dtype=ACC)
     ga = tl.load(GAGG + rows[:, None] * C + cc[None, :], mask=rc_mask, other=0.0)  # d loss / d agg_i
     ga = tl.reshape(tl.broadcast_to(ga[:, None, :], [BI, BJ, BC]), [BI * BJ, BC])  # d loss / d m_ij (m is 0 off w)
-    we0 = tl.load(WE + cc * 2, mask=c_ok, other=0.0)
-    we1 = tl.load(WE + cc * 2 + 1, mask=c_ok, other=0.0)
-    b3 = tl.load(B3 + cc, mask=c_ok, other=0.0)
-    wm = tl.load(WM + cc, mask=c_ok, other=0.0)
-    bm = tl.load(BM)
+    we0, we1, b3, wm, bm = _gate_weights(WE, B3, WM, BM, cc, c_ok)
     wmask = c_ok[:, None] & c_ok[None, :]
     w3 = tl.load(W3 + cc[:, None] * C + cc[None, :], mask=wmask, other=0.0)  # [out, in]
     w3t = tl.trans(w3)
@@ -319,9 +323,7 @@ def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
 @triton.jit
 def _moments_fwd(X, NM, S, L, n_ib, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     """Program (jet k, row block ib): S_i = sum_j w_ij (e0, e1, e0^2, e0 e1, e1^2)_ij for its rows, (BI, 5)."""
-    pid = tl.program_id(0)
-    k = (pid // n_ib).to(tl.int64)
-    ri = (pid % n_ib) * BI + tl.arange(0, BI)
+    k, ri = _row_block(n_ib, BI)
     xi, xi0, nmi = _nodes(X, NM, k, ri, L)
     s0 = tl.zeros([BI], dtype=ACC)
     s1 = tl.zeros([BI], dtype=ACC)
@@ -352,9 +354,7 @@ def _moments_bwd(X, NM, G, DX, L, n_ib, ACC: tl.constexpr, BI: tl.constexpr, BJ:
     """Program (jet k, row block ib): d loss / d x_i of its rows from G = d loss / d S (b, L, 5). e_ij = e_ji, so
     pair (i, j) reaches x_i through S_i and S_j alike: dx_i = sum_j w_ij (G_i + G_j) . df/de_ij de_ij/dx_i, with
     f = (e0, e1, e0^2, e0 e1, e1^2). Every row's sum is its own program's: no atomics."""
-    pid = tl.program_id(0)
-    k = (pid // n_ib).to(tl.int64)
-    ri = (pid % n_ib) * BI + tl.arange(0, BI)
+    k, ri = _row_block(n_ib, BI)
     four = tl.arange(0, 4)
     eta = tl.where(four == 0, 1.0, -1.0)
     xi, xi0, nmi = _nodes(X, NM, k, ri, L)
