@@ -1,6 +1,9 @@
-"""Small jets, cache files and job configs shared by the training and distillation tests."""
+"""Small jets, cache files and job configs shared by the training and distillation tests, and the comparisons
+several test modules make."""
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from jetkd.data.cache import CacheWriter
 
@@ -81,3 +84,51 @@ def assert_exact_resume(make_job, tmp_path, kill_step, monkeypatch):
         for k in full[part]:
             torch.testing.assert_close(killed[part][k], full[part][k], rtol=0, atol=0, msg=k)
     return full
+
+
+def assert_same(a, b, rtol=1e-6, msg=None):
+    """Equal up to ``rtol`` relative to the largest entry."""
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item(), msg=msg)
+
+
+def assert_same_training_step(model, reference, a, b, label):
+    """Logits ``a`` of ``model`` and ``b`` of ``reference`` (float64) agree, and so do, after the cross-entropy
+    backward of each, every parameter gradient (1e-7 relative, 1e-9 of the largest) and every buffer."""
+    assert_same(a, b, rtol=1e-9)
+    F.cross_entropy(a, label).backward()
+    F.cross_entropy(b, label).backward()
+    scale = max(q.grad.abs().max().item() for q in reference.parameters())
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9 * scale, msg=name)
+    for (name, s), t in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def in_autograd_graph(t: torch.Tensor, backward_name: str) -> bool:
+    """Whether a node named ``backward_name`` (e.g. "PairChainBackward") is in the autograd graph of ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == backward_name:
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+def scramble_cdd(method, student, norm: type):
+    """Random CDD compactors (a third of the rows zero, one far below threshold) and random statistics and affine
+    parameters of the student's ``norm`` BatchNorms."""
+    with torch.no_grad():
+        for c in method.compactors:
+            c.weight.add_(0.3 * torch.randn_like(c.weight))
+            c.weight[::3] = 0
+            c.weight[1] *= 1e-6
+        for m in student.modules():
+            if isinstance(m, norm):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()

@@ -21,7 +21,7 @@ from jetkd.models import MLP, DeepSet, build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Trainer
 
-from helpers import TINY_DEEPSET, assert_exact_resume, job_dict, toy_jets
+from helpers import TINY_DEEPSET, assert_exact_resume, job_dict, scramble_cdd, toy_jets
 
 TINY_MLP = {"name": "mlp", "n_constituents": 8, "hidden": [32, 32]}
 SMALL_DEEPSET = {"name": "deepset", "phi_hidden": [8, 12, 6], "rho_hidden": [10, 7]}
@@ -44,17 +44,7 @@ def cdd_student(spec, c_teacher=5, **options):
 
 def scramble(method, student):
     """Random compactors and BatchNorm statistics, a third of the rows zero and one far below threshold."""
-    with torch.no_grad():
-        for c in method.compactors:
-            c.weight.add_(0.3 * torch.randn_like(c.weight))
-            c.weight[::3] = 0
-            c.weight[1] *= 1e-6
-        for m in student.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
+    scramble_cdd(method, student, torch.nn.BatchNorm1d)
 
 
 def test_group_lasso_by_hand():

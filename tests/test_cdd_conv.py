@@ -17,6 +17,8 @@ from jetkd.evaluate import count_parameters
 from jetkd.images.models import BasicBlock, CifarResNet, DigitsResNet, ReIDResNet
 from jetkd.models import build_model
 
+from helpers import scramble_cdd  # tests/helpers.py
+
 TINY_RESNET = {"name": "cifar_resnet", "depth": 14, "widths": [4, 8, 8, 16], "n_class": 5}  # identity + projecting shortcuts
 DIGITS = {"name": "digits_resnet"}
 TINY_REID = {"name": "reid_resnet18", "layers": [1, 1, 1, 1], "widths": [8, 8, 16, 16], "stem_width": 8, "n_class": 7}
@@ -52,17 +54,7 @@ def cdd_student(spec, c_teacher=6, **options):
 def scramble(method, student):
     """Random compactors, BatchNorm statistics and affine parameters; a third of the rows zero, one far below
     threshold."""
-    with torch.no_grad():
-        for c in method.compactors:
-            c.weight.add_(0.3 * torch.randn_like(c.weight))
-            c.weight[::3] = 0
-            c.weight[1] *= 1e-6
-        for m in student.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
+    scramble_cdd(method, student, torch.nn.BatchNorm2d)
 
 
 # ----------------------------------------------------------------------------- models: per-block widths

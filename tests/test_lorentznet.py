@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from jetkd import lorentz
 from jetkd.models.lorentznet import BEAMS, LorentzNet, load_published
 
+from helpers import assert_same, assert_same_training_step  # tests/helpers.py
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("JETKD_REFERENCE", ROOT / "../shared/reference"))
 CHECKPOINT = REFERENCE / "lorentznet_top_pretrained.pt"
@@ -46,11 +48,6 @@ def equivariance_model(seed=0):
     for block in model.LGEBs[:-1]:  # |(x_i - x_j) phi_x| stays below ~50 here, boosted by 0.9 too
         torch.nn.init.normal_(block.phi_x[2].weight, std=0.3)
     return model
-
-
-def assert_same(a, b, rtol=1e-6, msg=None):
-    """Equal up to ``rtol`` relative to the largest entry."""
-    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item(), msg=msg)
 
 
 @pytest.fixture(scope="module")
@@ -221,15 +218,7 @@ def test_same_math_as_edge_list_formulation_in_training_mode():
     p4, mask = random_jets(n_jets=7, seed=5)
     label = torch.tensor([0, 1, 1, 0, 1, 0, 0])
     edges = edge_index(torch.cat([mask.new_ones(len(mask), 2), mask], 1))
-    a, b = dense(p4, mask), edge_list_forward(base, p4, mask, edges)
-    assert_same(a, b, rtol=1e-9)
-    F.cross_entropy(a, label).backward()
-    F.cross_entropy(b, label).backward()
-    scale = max(q.grad.abs().max().item() for q in base.parameters())
-    for (name, p), q in zip(dense.named_parameters(), base.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9 * scale, msg=name)
-    for (name, s), t in zip(dense.named_buffers(), base.buffers()):
-        torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12, msg=name)
+    assert_same_training_step(dense, base, dense(p4, mask), edge_list_forward(base, p4, mask, edges), label)
 
 
 def test_bench_matmul_floor_covers_every_pair_and_layer():

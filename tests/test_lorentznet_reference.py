@@ -14,6 +14,8 @@ from jetkd.models.lorentznet_reference import (
     scatter_sum,
 )
 
+from helpers import assert_same, assert_same_training_step  # tests/helpers.py
+
 
 def random_jets(n_jets=6, n_max=20, seed=0, dtype=torch.float64, p_scale=40.0):
     """Massive constituents (m in [0, 2] GeV, |p| ~ p_scale GeV), 2..n_max per jet, zero-padded to n_max + 3
@@ -35,11 +37,6 @@ def dense_model(seed=0, dtype=torch.float64, **kwargs):
     for block in model.LGEBs[:-1]:
         torch.nn.init.normal_(block.phi_x[2].weight, std=0.02)
     return model
-
-
-def assert_same(a, b, rtol):
-    """Equal up to ``rtol`` relative to the largest entry."""
-    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item())
 
 
 def test_edge_index_lists_every_real_pair_of_each_jet_once():
@@ -86,15 +83,7 @@ def test_same_logits_gradients_and_statistics_in_float64_training():
     assert ref.training and next(ref.parameters()).dtype == torch.float64
     p4, mask = random_jets(n_jets=7, seed=5)
     label = torch.tensor([0, 1, 1, 0, 1, 0, 0])
-    a, b = dense(p4, mask), ref(p4, mask)
-    assert_same(a, b, rtol=1e-9)
-    F.cross_entropy(a, label).backward()
-    F.cross_entropy(b, label).backward()
-    scale = max(q.grad.abs().max().item() for q in ref.parameters())
-    for (name, p), q in zip(dense.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9 * scale, msg=name)
-    for (name, s), t in zip(dense.named_buffers(), ref.buffers()):
-        torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12, msg=name)
+    assert_same_training_step(dense, ref, dense(p4, mask), ref(p4, mask), label)
 
 
 def test_edge_list_forward_runs_on_the_dense_modules_too():

@@ -12,6 +12,8 @@ from jetkd.models import pair_chain
 from jetkd.models.lorentznet import LorentzNet
 from jetkd.models.pair_chain import PairChain
 
+from helpers import in_autograd_graph  # tests/helpers.py
+
 
 def chain_inputs(b=3, L=5, C=4, coords=True, seed=0):
     """Float64 inputs of :class:`PairChain` (all but the mask requiring grad), padded jets, clamp partly active."""
@@ -71,16 +73,7 @@ def test_chain_clamp_is_exercised():
 
 def uses_pair_chain(t: torch.Tensor) -> bool:
     """Whether PairChain is in the autograd graph of ``t``."""
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__ == "PairChainBackward":
-            return True
-        todo += [f for f, _ in fn.next_functions]
-    return False
+    return in_autograd_graph(t, "PairChainBackward")
 
 
 def plain(model: LorentzNet) -> LorentzNet:

@@ -29,6 +29,8 @@ from jetkd.models.lorentznet import LorentzNet, psi
 from jetkd.models.pair_chain import PairChain
 from jetkd.models.pair_triton import pair_chain
 
+from helpers import in_autograd_graph  # tests/helpers.py
+
 pytestmark = pytest.mark.skipif(not pair_triton.interpreted(),
                                 reason="jetkd.models.pair_triton was imported before TRITON_INTERPRET=1 was set")
 
@@ -281,16 +283,7 @@ def jets(n_max=9, seed=0, dtype=torch.float64):
 
 def uses_triton(t: torch.Tensor) -> bool:
     """Whether the Triton chain is in the autograd graph of ``t``."""
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__ == "TritonPairChainBackward":
-            return True
-        todo += [f for f, _ in fn.next_functions]
-    return False
+    return in_autograd_graph(t, "TritonPairChainBackward")
 
 
 def model(n_hidden=16, seed=0):
