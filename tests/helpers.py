@@ -118,6 +118,21 @@ def in_autograd_graph(t: torch.Tensor, backward_name: str) -> bool:
     return False
 
 
+def cdd_student(spec, *, teacher_tap: str, c_teacher: int, **options):
+    """(CDD method, student at the training width) with the method set up on it against a teacher tap of width
+    ``c_teacher`` (seeded)."""
+    from jetkd.distill import Tap
+    from jetkd.distill.cdd import CDD
+    from jetkd.distill.options import CDDOptions
+    from jetkd.models import build_model
+
+    torch.manual_seed(0)
+    method = CDD(CDDOptions(teacher_tap=teacher_tap, **options), temperature=2.0)
+    student = build_model(method.train_spec(spec))
+    method.setup(student, None, {}, {teacher_tap: Tap(torch.zeros(2, c_teacher))})
+    return method, student
+
+
 def scramble_cdd(method, student, norm: type):
     """Random CDD compactors (a third of the rows zero, one far below threshold) and random statistics and affine
     parameters of the student's ``norm`` BatchNorms."""

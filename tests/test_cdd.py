@@ -21,6 +21,7 @@ from jetkd.models import MLP, DeepSet, build_model
 from jetkd.train.checkpoint import load_checkpoint, load_model
 from jetkd.train.loop import Trainer
 
+import helpers  # tests/helpers.py
 from helpers import TINY_DEEPSET, assert_exact_resume, job_dict, scramble_cdd, toy_jets
 
 TINY_MLP = {"name": "mlp", "n_constituents": 8, "hidden": [32, 32]}
@@ -34,17 +35,8 @@ def jets(n=48, seed=0):
 
 
 def cdd_student(spec, c_teacher=5, **options):
-    """(method, student at the training width) with the method set up on it."""
-    torch.manual_seed(0)
-    method = CDD(CDDOptions(teacher_tap="graph_dec.1", **options), temperature=2.0)
-    student = build_model(method.train_spec(spec))
-    method.setup(student, None, {}, {"graph_dec.1": Tap(torch.zeros(2, c_teacher))})
-    return method, student
-
-
-def scramble(method, student):
-    """Random compactors and BatchNorm statistics, a third of the rows zero and one far below threshold."""
-    scramble_cdd(method, student, torch.nn.BatchNorm1d)
+    """(method, student at the training width) with the method set up on it, tapping the teacher's graph_dec.1."""
+    return helpers.cdd_student(spec, teacher_tap="graph_dec.1", c_teacher=c_teacher, **options)
 
 
 def test_group_lasso_by_hand():
@@ -292,7 +284,7 @@ def test_budget_stop_switches_to_finetuning():
 @pytest.mark.parametrize("spec", [TINY_MLP, SMALL_DEEPSET], ids=["mlp", "deepset"])
 def test_deploy_is_the_plain_pruned_student_and_exact(spec):
     method, student = cdd_student(spec)
-    scramble(method, student)
+    scramble_cdd(method, student, torch.nn.BatchNorm1d)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     deployed = method.deploy(student)
     assert type(deployed) is type(build_model(spec)) and not deployed.training

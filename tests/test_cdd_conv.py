@@ -17,7 +17,8 @@ from jetkd.evaluate import count_parameters
 from jetkd.images.models import BasicBlock, CifarResNet, DigitsResNet, ReIDResNet
 from jetkd.models import build_model
 
-from helpers import scramble_cdd  # tests/helpers.py
+import helpers  # tests/helpers.py
+from helpers import scramble_cdd
 
 TINY_RESNET = {"name": "cifar_resnet", "depth": 14, "widths": [4, 8, 8, 16], "n_class": 5}  # identity + projecting shortcuts
 DIGITS = {"name": "digits_resnet"}
@@ -43,18 +44,8 @@ def flops(model, x):
 
 
 def cdd_student(spec, c_teacher=6, **options):
-    """(method, student at the training width) with the method set up on it."""
-    torch.manual_seed(0)
-    method = CDD(CDDOptions(teacher_tap="pool", **options), temperature=2.0)
-    student = build_model(method.train_spec(spec))
-    method.setup(student, None, {}, {"pool": Tap(torch.zeros(2, c_teacher))})
-    return method, student
-
-
-def scramble(method, student):
-    """Random compactors, BatchNorm statistics and affine parameters; a third of the rows zero, one far below
-    threshold."""
-    scramble_cdd(method, student, torch.nn.BatchNorm2d)
+    """(method, student at the training width) with the method set up on it, tapping the teacher's pool."""
+    return helpers.cdd_student(spec, teacher_tap="pool", c_teacher=c_teacher, **options)
 
 
 # ----------------------------------------------------------------------------- models: per-block widths
@@ -162,7 +153,7 @@ def test_flops_budget_is_per_image_at_the_training_size():
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_deploy_is_the_plain_narrower_resnet_and_exact(spec):
     method, student = cdd_student(spec)
-    scramble(method, student)
+    scramble_cdd(method, student, torch.nn.BatchNorm2d)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     deployed = method.deploy(student)
     assert type(deployed) is type(build_model(spec)) and not deployed.training
