@@ -172,6 +172,18 @@ def _gate_weights(WE, B3, WM, BM, cc, c_ok):
 
 
 @triton.jit
+def _column_tile(Bn, X, NM, k, j0, L, C, cc, c_ok, ri, xi, xi0, nmi, BI: tl.constexpr, BJ: tl.constexpr):
+    """Columns j0 .. j0 + BJ of jet k against the program's rows: their indices rj and validity, their B_j rows
+    (BJ, BC), four-vectors x_j, and the tile's pairs (:func:`_edges`) with the pair mask flat, (BI * BJ,)."""
+    rj = j0 + tl.arange(0, BJ)
+    col_ok = rj < L
+    bj = tl.load(Bn + (k * L + rj)[:, None] * C + cc[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
+    xj, xj0, nmj = _nodes(X, NM, k, rj, L)
+    xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
+    return rj, col_ok, bj, xj, xd, norms, dots, w2, tl.reshape(w2, [BI * BJ])
+
+
+@triton.jit
 def _pair_fwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C, n_ib,
               COORDS: tl.constexpr, ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
               PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
@@ -193,12 +205,8 @@ def _pair_fwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, AGG, DX, L, C, n_
     agg = tl.zeros([BI, BC], dtype=ACC)
     dx = tl.zeros([BI, 4], dtype=ACC)
     for j0 in range(0, L, BJ):
-        rj = j0 + tl.arange(0, BJ)
-        col_ok = rj < L
-        bj = tl.load(Bn + (k * L + rj)[:, None] * C + cc[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
-        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
-        xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
-        wij = tl.reshape(w2, [BI * BJ])
+        rj, col_ok, bj, xj, xd, norms, dots, w2, wij = _column_tile(Bn, X, NM, k, j0, L, C, cc, c_ok, ri, xi, xi0, nmi,
+                                                                   BI, BJ)
         _, m0, gw = _gate(a, bj, _psi(norms), _psi(dots), wij, we0, we1, w3t, b3, wm, bm, BI, BJ, BC, PRECISION,
                           INTERPRET)
         m = m0 * gw[:, None]
@@ -257,12 +265,8 @@ def _pair_bwd(A, Bn, X, NM, WE, W3, B3, WM, BM, WX0, BX0, WX2, GAGG, GDX,
         dbx0 = tl.zeros([BC], dtype=ACC)
         dwx2 = tl.zeros([BC], dtype=ACC)
     for j0 in range(0, L, BJ):
-        rj = j0 + tl.arange(0, BJ)
-        col_ok = rj < L
-        bj = tl.load(Bn + (k * L + rj)[:, None] * C + cc[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
-        xj, xj0, nmj = _nodes(X, NM, k, rj, L)
-        xd, norms, dots, w2 = _edges(ri, xi, xi0, nmi, rj, xj, xj0, nmj)
-        wij = tl.reshape(w2, [BI * BJ])
+        rj, col_ok, bj, xj, xd, norms, dots, w2, wij = _column_tile(Bn, X, NM, k, j0, L, C, cc, c_ok, ri, xi, xi0, nmi,
+                                                                   BI, BJ)
         e0, e1 = _psi(norms), _psi(dots)
         r1, m0, gw = _gate(a, bj, e0, e1, wij, we0, we1, w3t, b3, wm, bm, BI, BJ, BC, PRECISION, INTERPRET)
         if COORDS:
