@@ -482,15 +482,17 @@ class Trainer:
         """Save ``best.pt`` if this epoch is the best so far; with boosted validation, also ``best_unboosted.pt``
         (the best epoch on unboosted validation jets: what the same run with ``train.boost_validation: false``
         would have kept, and its config says so)."""
-        if self._improves(self.best, record):
-            if self.env.is_main:
-                save_atomic(self._state(with_optimizer=False), self.run_dir / "best.pt")
-        if self.best_unboosted is not None and self._improves(self.best_unboosted, record):
-            if self.env.is_main:
-                state = self._state(with_optimizer=False)
-                state["config"]["train"]["boost_validation"] = False
-                state["best"] = {**self.best_unboosted, "metric": self.best["metric"]}
-                save_atomic(state, self.run_dir / "best_unboosted.pt")
+        best = self._improves(self.best, record)
+        unboosted = self.best_unboosted is not None and self._improves(self.best_unboosted, record)
+        if not self.env.is_main or not (best or unboosted):
+            return
+        state = self._state(with_optimizer=False)  # one deploy for both checkpoints
+        if best:
+            save_atomic(state, self.run_dir / "best.pt")
+        if unboosted:
+            config = {**state["config"], "train": {**state["config"]["train"], "boost_validation": False}}
+            best_unboosted = {**self.best_unboosted, "metric": self.best["metric"]}
+            save_atomic({**state, "config": config, "best": best_unboosted}, self.run_dir / "best_unboosted.pt")
 
     def _improves(self, best: dict, record: dict) -> bool:
         """Whether ``record`` beats ``best`` on its metric (then ``best`` takes it)."""
