@@ -19,8 +19,8 @@ the coordinate step to +-100 (per component) is inactive: the published checkpoi
 Cost. The per-pair tensors (pairs, C) are the big ones; three ideas keep them few, small and in cache:
   * phi_e's first Linear on [h_i, h_j, e_ij] is W_a h_i + W_b h_j + W_e e_ij: two per-node projections broadcast
     over the grid; its BatchNorm, an affine map per channel, folds into them. The BatchNorm statistics over
-    real pairs are moments of that sum, computed from per-node sums (degrees, row sums of e, w @ b) without
-    materialising the pre-activation.
+    real pairs are moments of that sum, computed from per-node sums (degrees, row sums of e, sums of b over each
+    jet) without materialising the pre-activation; on the Triton path the sums of e come from kernels too.
   * jets are sorted by length and cut into a few groups, each padded to its own longest jet (one dense
     (b, L, L) grid per group, not one (B, M, M) grid for the batch): a batch of 32 realistic jets (~55
     constituents, up to ~125) then holds ~1.1x its real pairs on CPU instead of ~2.8x; each group costs a few
